@@ -1,0 +1,117 @@
+//! Peak-EWMA load, shared between every clone of a balancer.
+//!
+//! The algorithm is tower's [`PeakEwma`](tower::load::PeakEwma) (itself from Finagle): each
+//! endpoint keeps an exponentially weighted moving average of its response latency that jumps
+//! to any *higher* sample at once (the peak) and decays toward lower samples over `decay`, and
+//! toward zero while the endpoint goes unused, so a slow endpoint gets a second chance. The load
+//! of an endpoint is `estimate × (in_flight + 1)`.
+//!
+//! Why not tower's type: `tower::load::PeakEwma` keeps its state behind a `Mutex` in a service
+//! that is not `Clone`, and counts in-flight requests with `Arc::strong_count`, so sharing one
+//! balancer between tasks needs `tower::buffer::Buffer`, measured in `shared/PERF-NOTES.md` at
+//! +20–25 µs p50 per request at concurrency 1: twice the whole latency budget of the `overhead`
+//! benchmark (mesh p50 ≤ raw p50 + 10 µs). Here the same state lives in atomics, so any clone of
+//! the balancer picks an endpoint without a task hop. Two racing updates may lose one sample;
+//! an average over thousands of samples does not notice.
+
+use std::{
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+/// Per-endpoint latency estimate and in-flight count.
+#[derive(Debug)]
+pub(crate) struct PeakEwma {
+    /// The estimate in nanoseconds, as `f64` bits.
+    rtt_ns: AtomicU64,
+    /// When the estimate was last updated, in nanoseconds since the balancer's epoch.
+    stamp_ns: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl PeakEwma {
+    pub(crate) fn new(default_rtt: Duration, now_ns: u64) -> Self {
+        Self {
+            rtt_ns: AtomicU64::new((default_rtt.as_nanos() as f64).to_bits()),
+            stamp_ns: AtomicU64::new(now_ns),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// The estimate as of `now_ns`, decayed toward zero for the time since the last update.
+    pub(crate) fn estimate_ns(&self, now_ns: u64, decay_ns: f64) -> f64 {
+        let rtt = f64::from_bits(self.rtt_ns.load(Relaxed));
+        let elapsed = now_ns.saturating_sub(self.stamp_ns.load(Relaxed)) as f64;
+        rtt * (-elapsed / decay_ns).exp()
+    }
+
+    /// `estimate × (in_flight + 1)`: what p2c compares.
+    pub(crate) fn cost(&self, now_ns: u64, decay_ns: f64) -> f64 {
+        self.estimate_ns(now_ns, decay_ns) * (self.in_flight.load(Relaxed) + 1) as f64
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed)
+    }
+
+    pub(crate) fn start(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn finish(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// Folds in one observed latency.
+    pub(crate) fn observe(&self, rtt: Duration, now_ns: u64, decay_ns: f64) {
+        let sample = rtt.as_nanos() as f64;
+        let prev = f64::from_bits(self.rtt_ns.load(Relaxed));
+        let next = if prev < sample {
+            // Peak: a worse latency is believed at once.
+            sample
+        } else {
+            let elapsed = now_ns.saturating_sub(self.stamp_ns.load(Relaxed)) as f64;
+            let decay = (-elapsed / decay_ns).exp();
+            prev * decay + sample * (1.0 - decay)
+        };
+        self.rtt_ns.store(next.to_bits(), Relaxed);
+        self.stamp_ns.store(now_ns, Relaxed);
+    }
+}
+
+/// Nanoseconds of `at` since `epoch` (saturating).
+pub(crate) fn nanos_since(epoch: Instant, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DECAY: f64 = 10e9;
+
+    #[test]
+    fn peaks_immediately_and_decays_slowly() {
+        let e = PeakEwma::new(Duration::from_millis(30), 0);
+        e.observe(Duration::from_millis(100), 1_000, DECAY);
+        assert!((e.estimate_ns(1_000, DECAY) - 100e6).abs() < 1.0);
+        // A fast sample 1 s later moves the estimate only part of the way (decay 10 s).
+        e.observe(Duration::from_millis(1), 1_000_000_000, DECAY);
+        let est = e.estimate_ns(1_000_000_000, DECAY);
+        assert!(est > 80e6 && est < 100e6, "{est}");
+        // Unused for a long time, the estimate decays toward zero.
+        assert!(e.estimate_ns(100_000_000_000, DECAY) < 1e6);
+    }
+
+    #[test]
+    fn cost_grows_with_in_flight() {
+        let e = PeakEwma::new(Duration::from_millis(10), 0);
+        let idle = e.cost(0, DECAY);
+        e.start();
+        e.start();
+        assert!((e.cost(0, DECAY) - 3.0 * idle).abs() < 1.0);
+        e.finish();
+        e.finish();
+        assert_eq!(e.in_flight(), 0);
+    }
+}

@@ -1,0 +1,484 @@
+//! Load balancing over a service's endpoints.
+//!
+//! A [`Balancer`] is a `tower::Service<http::Request<B>>` that sends each request to one endpoint
+//! of one service, chosen by an [`LbPolicy`]:
+//!
+//! | policy | chooses | when |
+//! |---|---|---|
+//! | [`P2cPeakEwma`](LbPolicy::P2cPeakEwma) (default) | the less loaded of two random endpoints, load = latency estimate × (in-flight + 1) | almost always: routes around slow endpoints with no health signal |
+//! | [`RoundRobin`](LbPolicy::RoundRobin) | each endpoint in turn | identical endpoints, predictable spread |
+//! | [`Weighted`](LbPolicy::Weighted) | at random, in proportion to endpoint weight | endpoints of different size |
+//! | [`RingHash`](LbPolicy::RingHash) | by consistent hash of a request header | affinity (caches, sessions) |
+//!
+//! The endpoint set follows discovery: a background task applies every new snapshot of the
+//! [`Subscription`] as a new immutable table (swapped atomically), keeping the connection pools
+//! and load of endpoints that stay. Requests already sent to a removed endpoint finish there.
+//!
+//! **Cloning is cheap and every clone shares one state** (table and per-endpoint load live in
+//! atomics), so a balancer is used from many tasks without `tower::buffer::Buffer`; see
+//! `ewma.rs` for why this is not tower's own `p2c::Balance` + `PeakEwma`.
+//!
+//! **Readiness.** `poll_ready` is always ready: the balancer never queues. When the service has
+//! no endpoints the call fails at once with [`NoEndpoints`] naming the service (or, if
+//! [`BalanceConfig::wait_for_endpoints`] is set, waits that long for one to appear); an endpoint's
+//! own readiness is awaited inside the response future. Backpressure is the job of the limit
+//! layer in front of the balancer.
+//!
+//! ```
+//! use mesh_core::balance::{BalanceConfig, Balancer, NoEndpoints};
+//! use mesh_core::discover::{EndpointSource, StaticSource};
+//! use mesh_core::{Endpoint, ServiceName};
+//! use tower::{Service, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let name: ServiceName = "reviews:9080".parse().unwrap();
+//! let source = StaticSource::new(vec![Endpoint::new("10.0.0.1:9080".parse().unwrap())]).unwrap();
+//! // Each endpoint gets its own service; here one that answers with the endpoint's address.
+//! let mut balancer = Balancer::new(name.clone(), source.subscribe(&name), BalanceConfig::default(),
+//!     |ep: &Endpoint| {
+//!         let addr = ep.addr;
+//!         tower::service_fn(move |_req: http::Request<()>| async move { Ok::<_, NoEndpoints>(addr) })
+//!     });
+//! let addr = balancer.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+//! assert_eq!(addr.to_string(), "10.0.0.1:9080");
+//! # }
+//! ```
+
+mod ewma;
+mod future;
+mod policy;
+mod ring;
+mod table;
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::{Arc, Weak},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, oneshot};
+use tower::util::Oneshot;
+use tower_service::Service;
+
+pub use self::{
+    future::ResponseFuture,
+    policy::{DEFAULT_EWMA_DECAY, DEFAULT_EWMA_RTT, HeaderKey, InvalidHeaderKey, LbPolicy},
+    ring::DEFAULT_MIN_RING_SIZE,
+};
+use self::{
+    ewma::{PeakEwma, nanos_since},
+    future::InFlight,
+    table::{Picker, Slot, Table},
+};
+use crate::{
+    ServiceName,
+    discover::{DiscoveryError, Snapshot, Subscription},
+    endpoint::{Endpoint, Labels},
+};
+
+/// How long a request waits for a service's discovery to answer for the first time (e.g. the
+/// first DNS lookup of a name): 5 s, the resolv.conf lookup `timeout` default.
+pub const DEFAULT_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings of one balancer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct BalanceConfig {
+    /// How endpoints are chosen.
+    pub policy: LbPolicy,
+    /// How long a request waits for an endpoint when discovery says there are none. Default 0:
+    /// fail fast with [`NoEndpoints`], so callers see the problem instead of a hang.
+    #[serde(with = "crate::duration::serde")]
+    pub wait_for_endpoints: Duration,
+    /// How long a request waits for discovery's first answer ([`DEFAULT_DISCOVERY_TIMEOUT`]).
+    #[serde(with = "crate::duration::serde")]
+    pub discovery_timeout: Duration,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        Self {
+            policy: LbPolicy::default(),
+            wait_for_endpoints: Duration::ZERO,
+            discovery_timeout: DEFAULT_DISCOVERY_TIMEOUT,
+        }
+    }
+}
+
+/// Builds the service that talks to one endpoint (its connection pool, its TLS identity).
+/// Implemented for every `Fn(&Endpoint) -> S`.
+pub trait NewEndpoint<S>: Send + Sync + 'static {
+    /// A service for `endpoint`.
+    fn new_endpoint(&self, endpoint: &Endpoint) -> S;
+}
+
+impl<S, F> NewEndpoint<S> for F
+where
+    F: Fn(&Endpoint) -> S + Send + Sync + 'static,
+{
+    fn new_endpoint(&self, endpoint: &Endpoint) -> S {
+        self(endpoint)
+    }
+}
+
+/// Why a request found no endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoEndpointsReason {
+    /// Discovery answered with an empty set.
+    Empty,
+    /// Discovery has not answered yet.
+    Unresolved,
+    /// Discovery failed (before ever finding endpoints, or after they were all removed).
+    Discovery(DiscoveryError),
+}
+
+/// No endpoint is available for a service: the request was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct NoEndpoints {
+    /// The service.
+    pub service: ServiceName,
+    /// How long the request waited for one to appear.
+    pub waited: Duration,
+    /// Why there is none.
+    pub reason: NoEndpointsReason,
+}
+
+impl fmt::Display for NoEndpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no endpoints for service {:?}", self.service.as_str())?;
+        if !self.waited.is_zero() {
+            write!(f, " after waiting {}", crate::duration::format(self.waited))?;
+        }
+        match &self.reason {
+            NoEndpointsReason::Empty => write!(f, ": discovery lists none"),
+            NoEndpointsReason::Unresolved => write!(f, ": discovery has not answered"),
+            NoEndpointsReason::Discovery(e) => write!(f, ": {e}"),
+        }
+    }
+}
+
+/// What the balancer knows about one endpoint right now.
+#[derive(Clone, Debug, Serialize)]
+pub struct EndpointStats {
+    /// The endpoint's address.
+    pub addr: SocketAddr,
+    /// Its weight.
+    pub weight: u32,
+    /// Its labels.
+    pub labels: Labels,
+    /// Requests sent and not yet answered.
+    pub in_flight: usize,
+    /// The Peak-EWMA latency estimate (kept under every policy).
+    #[serde(with = "crate::duration::serde")]
+    pub ewma_latency: Duration,
+}
+
+/// A load balancer over one service's endpoints. See the [module docs](self).
+pub struct Balancer<S> {
+    shared: Arc<Shared<S>>,
+}
+
+pub(crate) struct Shared<S> {
+    service: ServiceName,
+    picker: Picker,
+    min_ring_size: usize,
+    default_rtt: Duration,
+    config: BalanceConfig,
+    pub(crate) epoch: Instant,
+    pub(crate) decay_ns: f64,
+    table: ArcSwap<Table<S>>,
+    /// Woken after every table swap, for requests waiting for endpoints.
+    updated: Notify,
+    /// Dropped with the last balancer clone; stops the update task.
+    _stop: oneshot::Sender<()>,
+}
+
+impl<S> Clone for Balancer<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> Balancer<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    /// A balancer over `service`'s endpoints as `subscription` publishes them; `new_endpoint`
+    /// builds the service for each endpoint. Must be called inside a tokio runtime (a task
+    /// applies discovery changes); outside one, the balancer keeps the endpoints it started with
+    /// and says so in an error event.
+    pub fn new<N>(
+        service: ServiceName,
+        mut subscription: Subscription,
+        config: BalanceConfig,
+        new_endpoint: N,
+    ) -> Self
+    where
+        N: NewEndpoint<S>,
+    {
+        let (picker, default_rtt, decay, min_ring_size) = match &config.policy {
+            LbPolicy::P2cPeakEwma { default_rtt, decay } => (
+                Picker::P2c {
+                    decay_ns: decay.as_nanos().max(1) as f64,
+                },
+                *default_rtt,
+                *decay,
+                0,
+            ),
+            LbPolicy::RoundRobin => (Picker::RoundRobin, DEFAULT_EWMA_RTT, DEFAULT_EWMA_DECAY, 0),
+            LbPolicy::Weighted => (Picker::Weighted, DEFAULT_EWMA_RTT, DEFAULT_EWMA_DECAY, 0),
+            LbPolicy::RingHash {
+                header,
+                min_ring_size,
+            } => (
+                Picker::RingHash {
+                    header: header.name().clone(),
+                },
+                DEFAULT_EWMA_RTT,
+                DEFAULT_EWMA_DECAY,
+                *min_ring_size,
+            ),
+        };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let shared = Arc::new(Shared {
+            service,
+            picker,
+            min_ring_size,
+            default_rtt,
+            config,
+            epoch: Instant::now(),
+            decay_ns: decay.as_nanos().max(1) as f64,
+            table: ArcSwap::from_pointee(Table::unresolved()),
+            updated: Notify::new(),
+            _stop: stop_tx,
+        });
+        shared.apply(&subscription.snapshot_and_update(), &new_endpoint);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(follow_discovery(
+                    Arc::downgrade(&shared),
+                    subscription,
+                    new_endpoint,
+                    stop_rx,
+                ));
+            }
+            Err(_) => tracing::error!(service = %shared.service,
+                "balancer created outside a tokio runtime: endpoint changes will not be applied"),
+        }
+        Self { shared }
+    }
+
+    /// The service this balancer serves.
+    pub fn service(&self) -> &ServiceName {
+        &self.shared.service
+    }
+
+    /// The current endpoints with their load.
+    pub fn endpoints(&self) -> Vec<EndpointStats> {
+        let table = self.shared.table.load();
+        let now = nanos_since(self.shared.epoch, Instant::now());
+        table
+            .slots
+            .iter()
+            .map(|s| EndpointStats {
+                addr: s.endpoint.addr,
+                weight: s.endpoint.weight,
+                labels: s.endpoint.labels.clone(),
+                in_flight: s.load.in_flight(),
+                ewma_latency: Duration::from_nanos(
+                    s.load.estimate_ns(now, self.shared.decay_ns) as u64
+                ),
+            })
+            .collect()
+    }
+}
+
+impl<S: Clone> Shared<S> {
+    /// Applies a discovery snapshot: a new table that keeps the slots (pools, load) of
+    /// endpoints that did not change.
+    fn apply(&self, snap: &Snapshot, new_endpoint: &impl NewEndpoint<S>) {
+        let Some(set) = &snap.endpoints else {
+            return; // discovery has not answered yet
+        };
+        let old = self.table.load();
+        let now = nanos_since(self.epoch, Instant::now());
+        let mut slots = Vec::with_capacity(set.len());
+        for ep in set {
+            let prev = old
+                .slots
+                .binary_search_by_key(&ep.addr, |s| s.endpoint.addr)
+                .ok()
+                .map(|i| &old.slots[i]);
+            match prev {
+                Some(p) if p.endpoint == *ep => slots.push(p.clone()),
+                Some(p) => {
+                    tracing::debug!(service = %self.service, endpoint = %ep.addr,
+                        weight = ep.weight, labels = ?ep.labels, "endpoint updated");
+                    // Same address, new metadata: keep the pool unless the identity it must
+                    // verify changed, and keep the load either way.
+                    let service = if p.endpoint.identity == ep.identity {
+                        p.service.clone()
+                    } else {
+                        new_endpoint.new_endpoint(ep)
+                    };
+                    slots.push(Arc::new(Slot {
+                        endpoint: ep.clone(),
+                        service,
+                        load: p.load.clone(),
+                    }));
+                }
+                None => {
+                    tracing::debug!(service = %self.service, endpoint = %ep.addr,
+                        weight = ep.weight, labels = ?ep.labels, "endpoint added");
+                    let load = PeakEwma::new(self.default_rtt, now);
+                    slots.push(Arc::new(Slot {
+                        endpoint: ep.clone(),
+                        service: new_endpoint.new_endpoint(ep),
+                        load: Arc::new(load),
+                    }));
+                }
+            }
+        }
+        for gone in old.slots.iter().filter(|s| set.get(&s.endpoint.addr).is_none()) {
+            tracing::debug!(service = %self.service, endpoint = %gone.endpoint.addr,
+                in_flight = gone.load.in_flight(), "endpoint removed");
+        }
+        if slots.is_empty() {
+            tracing::debug!(service = %self.service, error = ?snap.last_error, "service has no endpoints");
+        }
+        let table = Table::new(slots, &self.picker, self.min_ring_size, snap.last_error.clone());
+        self.table.store(Arc::new(table));
+        self.updated.notify_waiters();
+    }
+}
+
+impl<S> Shared<S> {
+    fn no_endpoints(&self, table: &Table<S>, waited: Duration) -> NoEndpoints {
+        let reason = match (&table.last_error, table.resolved) {
+            (Some(e), _) => NoEndpointsReason::Discovery(e.clone()),
+            (None, true) => NoEndpointsReason::Empty,
+            (None, false) => NoEndpointsReason::Unresolved,
+        };
+        NoEndpoints {
+            service: self.service.clone(),
+            waited,
+            reason,
+        }
+    }
+
+    fn wait_bound(&self, table: &Table<S>) -> Duration {
+        if table.resolved {
+            self.config.wait_for_endpoints
+        } else {
+            self.config.discovery_timeout
+        }
+    }
+}
+
+/// Applies discovery snapshots until the balancer or the source goes away.
+async fn follow_discovery<S, N>(
+    shared: Weak<Shared<S>>,
+    mut subscription: Subscription,
+    new_endpoint: N,
+    mut stop: oneshot::Receiver<()>,
+) where
+    S: Clone + Send + Sync + 'static,
+    N: NewEndpoint<S>,
+{
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            alive = subscription.changed() => {
+                if !alive {
+                    // The source is gone; its last snapshot stays in force.
+                    return;
+                }
+                let Some(shared) = shared.upgrade() else { return };
+                shared.apply(&subscription.snapshot_and_update(), &new_endpoint);
+            }
+        }
+    }
+}
+
+fn dispatch<S, Req>(
+    shared: &Shared<S>,
+    slot: &Arc<Slot<S>>,
+    req: Req,
+    start: Instant,
+) -> ResponseFuture<S, Req>
+where
+    S: Service<Req> + Clone,
+{
+    tracing::debug!(service = %shared.service, endpoint = %slot.endpoint.addr, "endpoint selected");
+    let in_flight = InFlight::new(slot.clone(), shared, start);
+    ResponseFuture::called(Oneshot::new(slot.service.clone(), req), in_flight)
+}
+
+impl<S, B> Service<http::Request<B>> for Balancer<S>
+where
+    S: Service<http::Request<B>> + Clone + Send + Sync + 'static,
+    S::Error: From<NoEndpoints> + Send + 'static,
+    S::Response: Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, http::Request<B>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let shared = &self.shared;
+        let table = shared.table.load();
+        let now = nanos_since(shared.epoch, start);
+        if let Some(slot) = table.pick(&shared.picker, req.headers(), now) {
+            return dispatch(shared, slot, req, start);
+        }
+        if shared.wait_bound(&table).is_zero() {
+            return ResponseFuture::failed(shared.no_endpoints(&table, Duration::ZERO).into());
+        }
+        let shared = shared.clone();
+        ResponseFuture::waiting(Box::pin(async move {
+            loop {
+                let notified = shared.updated.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let table = shared.table.load_full();
+                let now = Instant::now();
+                if let Some(slot) =
+                    table.pick(&shared.picker, req.headers(), nanos_since(shared.epoch, now))
+                {
+                    return dispatch(&shared, slot, req, now).await;
+                }
+                let deadline = start + shared.wait_bound(&table);
+                if now >= deadline {
+                    let err = shared.no_endpoints(&table, now - start);
+                    return Err(err.into());
+                }
+                // Woken by a table swap or the deadline; either way, look again.
+                let _ = tokio::time::timeout_at(deadline.into(), notified).await;
+            }
+        }))
+    }
+}
+
+impl<S> fmt::Debug for Balancer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balancer")
+            .field("service", &self.shared.service)
+            .field("policy", &self.shared.config.policy)
+            .field("table", &**self.shared.table.load())
+            .finish()
+    }
+}

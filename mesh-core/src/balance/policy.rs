@@ -1,0 +1,166 @@
+//! Load-balancing policies as configuration data.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::ring::DEFAULT_MIN_RING_SIZE;
+
+/// Initial latency estimate of a new endpoint under P2C Peak-EWMA: 30 ms, linkerd2-proxy's
+/// outbound default (`EWMA_DEFAULT_RTT`). Pessimistic on purpose: a new endpoint is tried, but
+/// does not take all traffic before its latency is known.
+pub const DEFAULT_EWMA_RTT: Duration = Duration::from_millis(30);
+
+/// Decay period of the Peak-EWMA estimate: 10 s, linkerd2-proxy's outbound default
+/// (`EWMA_DECAY`): the estimate forgets a latency peak over about this long.
+pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// How a service's endpoints share its requests.
+///
+/// ```
+/// use mesh_core::balance::LbPolicy;
+///
+/// let p: LbPolicy = serde_json::from_str(r#"{"kind": "ring-hash", "header": "x-user"}"#).unwrap();
+/// assert!(matches!(p, LbPolicy::RingHash { .. }));
+/// assert_eq!(LbPolicy::default(), LbPolicy::p2c_peak_ewma());
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum LbPolicy {
+    /// Power of two choices over Peak-EWMA load (the default, as in Linkerd and Finagle): pick
+    /// two endpoints at random, send to the one with the lower `latency estimate × (in-flight + 1)`.
+    /// Adapts to slow endpoints within a few requests without any health signal.
+    #[serde(rename_all = "camelCase")]
+    P2cPeakEwma {
+        /// Estimate for an endpoint with no observed latency yet.
+        #[serde(default = "default_rtt", with = "crate::duration::serde")]
+        default_rtt: Duration,
+        /// How quickly the estimate forgets.
+        #[serde(default = "default_decay", with = "crate::duration::serde")]
+        decay: Duration,
+    },
+    /// Each endpoint in turn (Istio `ROUND_ROBIN` without weights).
+    RoundRobin,
+    /// Random choice in proportion to endpoint weights.
+    Weighted,
+    /// Consistent hashing on a request header (Istio `consistentHash.httpHeaderName`): requests
+    /// with the same header value go to the same endpoint while it exists. Requests without the
+    /// header are spread at random.
+    #[serde(rename_all = "camelCase")]
+    RingHash {
+        /// The header whose value is hashed.
+        header: HeaderKey,
+        /// Minimum points on the ring (more points, smoother spread).
+        #[serde(default = "default_ring_size")]
+        min_ring_size: usize,
+    },
+}
+
+fn default_rtt() -> Duration {
+    DEFAULT_EWMA_RTT
+}
+fn default_decay() -> Duration {
+    DEFAULT_EWMA_DECAY
+}
+fn default_ring_size() -> usize {
+    DEFAULT_MIN_RING_SIZE
+}
+
+impl LbPolicy {
+    /// P2C Peak-EWMA with the default constants.
+    pub fn p2c_peak_ewma() -> Self {
+        LbPolicy::P2cPeakEwma {
+            default_rtt: DEFAULT_EWMA_RTT,
+            decay: DEFAULT_EWMA_DECAY,
+        }
+    }
+
+    /// Ring hash on `header` with the default ring size.
+    pub fn ring_hash(header: HeaderKey) -> Self {
+        LbPolicy::RingHash {
+            header,
+            min_ring_size: DEFAULT_MIN_RING_SIZE,
+        }
+    }
+}
+
+impl Default for LbPolicy {
+    fn default() -> Self {
+        Self::p2c_peak_ewma()
+    }
+}
+
+/// A validated HTTP header name in configuration (lowercase).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct HeaderKey(http::HeaderName);
+
+/// A header name that is not valid HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid header name {0:?}")]
+pub struct InvalidHeaderKey(pub String);
+
+impl HeaderKey {
+    /// The header name.
+    pub fn name(&self) -> &http::HeaderName {
+        &self.0
+    }
+}
+
+impl FromStr for HeaderKey {
+    type Err = InvalidHeaderKey;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        http::HeaderName::from_bytes(s.as_bytes())
+            .map(HeaderKey)
+            .map_err(|_| InvalidHeaderKey(s.to_owned()))
+    }
+}
+
+impl From<http::HeaderName> for HeaderKey {
+    fn from(h: http::HeaderName) -> Self {
+        HeaderKey(h)
+    }
+}
+
+impl fmt::Debug for HeaderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0.as_str())
+    }
+}
+
+impl Serialize for HeaderKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_policies_with_defaults() {
+        let p: LbPolicy = serde_json::from_str(r#"{"kind":"p2c-peak-ewma"}"#).unwrap();
+        assert_eq!(p, LbPolicy::p2c_peak_ewma());
+        let p: LbPolicy =
+            serde_json::from_str(r#"{"kind":"p2c-peak-ewma","defaultRtt":"5ms","decay":"1s"}"#)
+                .unwrap();
+        assert_eq!(
+            p,
+            LbPolicy::P2cPeakEwma {
+                default_rtt: Duration::from_millis(5),
+                decay: Duration::from_secs(1)
+            }
+        );
+        let p: LbPolicy = serde_json::from_str(r#"{"kind":"round-robin"}"#).unwrap();
+        assert_eq!(p, LbPolicy::RoundRobin);
+        assert!(serde_json::from_str::<LbPolicy>(r#"{"kind":"ring-hash","header":"bad header"}"#).is_err());
+        assert!(serde_json::from_str::<LbPolicy>(r#"{"kind":"random"}"#).is_err());
+    }
+}

@@ -1,0 +1,412 @@
+//! A discovery source backed by a watched YAML or JSON file.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, Weak, mpsc},
+    time::{Duration, Instant},
+};
+
+use notify::{
+    EventKind, RecommendedWatcher, RecursiveMode, Watcher,
+    event::{AccessKind, AccessMode},
+};
+use serde::Deserialize;
+
+use super::{DiscoveryError, EndpointSource, Publisher, Subscription};
+use crate::{
+    ServiceName,
+    endpoint::{DEFAULT_WEIGHT, Endpoint, EndpointSet, Labels},
+    identity::SpiffeId,
+};
+
+/// How long the watcher waits for a burst of file events to settle before reloading: editors and
+/// `kubectl` ConfigMap updates write in several steps.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Endpoints of several services read from a file, reloaded live when the file changes.
+///
+/// The file maps service names (`host:port`) to endpoint lists. YAML (any extension but
+/// `.json`) or JSON:
+///
+/// ```yaml
+/// services:
+///   reviews.default:9080:
+///     - address: 10.0.0.1:9080
+///       labels: { version: v1 }
+///     - address: 10.0.0.2:9080
+///       weight: 3                       # default 1
+///       labels: { version: v2, zone: a }
+///       identity: spiffe://cluster.local/ns/default/sa/reviews   # optional
+/// ```
+///
+/// The directory holding the file is watched with `notify` (so atomic renames and Kubernetes
+/// ConfigMap symlink swaps are seen). Every change is re-read and validated as a whole: a valid
+/// file replaces the endpoints of every service at once; an invalid one — unreadable, bad syntax,
+/// unknown field, bad address, zero weight, duplicate address, bad SPIFFE ID — is rejected with
+/// the path, the field and the reason (a `warn` event, [`FileSource::last_error`], and the
+/// subscriptions' [`Snapshot::last_error`](super::Snapshot::last_error)), and the last good
+/// endpoints stay in use. A service absent from a valid file has no endpoints.
+///
+/// ```no_run
+/// use mesh_core::discover::{EndpointSource, FileSource};
+///
+/// let source = FileSource::open("endpoints.yaml")?;
+/// let sub = source.subscribe(&"reviews.default:9080".parse()?);
+/// println!("{:?}", sub.snapshot().endpoints);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct FileSource {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    state: Mutex<State>,
+    /// Kept alive for as long as the source; dropping it stops the watch thread.
+    _watcher: Option<RecommendedWatcher>,
+}
+
+#[derive(Default)]
+struct State {
+    services: BTreeMap<ServiceName, EndpointSet>,
+    publishers: HashMap<ServiceName, Publisher>,
+    last_error: Option<DiscoveryError>,
+    reloads: u64,
+}
+
+/// The on-disk shape of an endpoints file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDoc {
+    #[serde(default)]
+    services: BTreeMap<String, Vec<EndpointDoc>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointDoc {
+    address: String,
+    #[serde(default)]
+    weight: Option<u32>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    identity: Option<String>,
+}
+
+/// An endpoints document that parsed but is not valid: names the field and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FileFormatError {
+    /// Where in the document, e.g. `services["reviews:9080"][1].address`.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl FileSource {
+    /// Reads and validates `path`, then watches it. An invalid file is an error here (there is
+    /// no last good set yet to fall back on).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, DiscoveryError> {
+        let path = path.as_ref().to_path_buf();
+        let services = read(&path)?;
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let watcher = match start_watch(&path, weak.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    // The endpoints are valid; only live reload is lost. Say so loudly.
+                    tracing::error!(path = %path.display(), error = %e,
+                        "cannot watch endpoints file; changes will need FileSource::reload");
+                    None
+                }
+            };
+            Inner {
+                path: path.clone(),
+                state: Mutex::new(State {
+                    services,
+                    ..State::default()
+                }),
+                _watcher: watcher,
+            }
+        });
+        tracing::info!(path = %path.display(), "endpoints file loaded");
+        Ok(Self { inner })
+    }
+
+    /// The watched file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Re-reads the file now (the watcher does this on its own; this is for callers that know
+    /// better, or platforms without file events). On error the last good endpoints stay.
+    pub fn reload(&self) -> Result<(), DiscoveryError> {
+        self.inner.reload()
+    }
+
+    /// The error of the latest reload, if it failed (cleared by the next good one).
+    pub fn last_error(&self) -> Option<DiscoveryError> {
+        self.inner.lock().last_error.clone()
+    }
+
+    /// The number of successful reloads since [`open`](Self::open).
+    pub fn reloads(&self) -> u64 {
+        self.inner.lock().reloads
+    }
+
+    /// The services the file names.
+    pub fn services(&self) -> Vec<ServiceName> {
+        self.inner.lock().services.keys().cloned().collect()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave State inconsistent (every update is a
+        // whole-value replacement), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reload(&self) -> Result<(), DiscoveryError> {
+        match read(&self.path) {
+            Ok(services) => {
+                let mut state = self.lock();
+                let mut changed = 0;
+                for (name, publisher) in &state.publishers {
+                    let set = services.get(name).cloned().unwrap_or_default();
+                    if publisher.publish(set) {
+                        changed += 1;
+                    }
+                }
+                state.services = services;
+                state.last_error = None;
+                state.reloads += 1;
+                tracing::info!(path = %self.path.display(), services = state.services.len(),
+                    changed, "endpoints file reloaded");
+                Ok(())
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "endpoints file rejected; keeping the last good endpoints");
+                let mut state = self.lock();
+                for publisher in state.publishers.values() {
+                    publisher.fail(err.clone());
+                }
+                state.last_error = Some(err.clone());
+                Err(err)
+            }
+        }
+    }
+}
+
+impl EndpointSource for FileSource {
+    fn subscribe(&self, service: &ServiceName) -> Subscription {
+        let mut state = self.inner.lock();
+        if let Some(p) = state.publishers.get(service) {
+            return p.subscribe();
+        }
+        let publisher = Publisher::new();
+        publisher.publish(state.services.get(service).cloned().unwrap_or_default());
+        if let Some(err) = &state.last_error {
+            publisher.fail(err.clone());
+        }
+        let sub = publisher.subscribe();
+        state.publishers.insert(service.clone(), publisher);
+        sub
+    }
+}
+
+impl fmt::Debug for FileSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileSource")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn start_watch(path: &Path, inner: Weak<Inner>) -> notify::Result<RecommendedWatcher> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_owned());
+    let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
+    let mut watcher = notify::recommended_watcher(tx)?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let relevant = move |event: &notify::Event| {
+        let kind_matters = match event.kind {
+            // Our own reads open and close the file; only a closed writer means new content.
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        };
+        kind_matters
+            && event.paths.iter().any(|p| {
+                let file = p.file_name();
+                file == name.as_deref() || file == Some(std::ffi::OsStr::new("..data"))
+            })
+    };
+    std::thread::Builder::new()
+        .name("mesh-endpoints-watch".into())
+        .spawn(move || {
+            while let Ok(event) = rx.recv() {
+                match event {
+                    Ok(e) if relevant(&e) => {}
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "endpoints file watch error");
+                        continue;
+                    }
+                }
+                // Let a burst of writes settle, then reload once.
+                let until = Instant::now() + DEBOUNCE;
+                loop {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(_) => continue,
+                        Err(mpsc::RecvTimeoutError::Timeout) => break,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                let Some(inner) = inner.upgrade() else { return };
+                // Errors are logged and recorded by reload itself.
+                let _ = inner.reload();
+            }
+        })
+        .map_err(notify::Error::io)?;
+    Ok(watcher)
+}
+
+/// Reads and validates an endpoints file.
+fn read(path: &Path) -> Result<BTreeMap<ServiceName, EndpointSet>, DiscoveryError> {
+    let fail = |reason: String| DiscoveryError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let doc: FileDoc = if json {
+        serde_json::from_str(&text).map_err(|e| fail(format!("invalid JSON: {e}")))?
+    } else if text.trim().is_empty() {
+        FileDoc {
+            services: BTreeMap::new(),
+        }
+    } else {
+        serde_saphyr::from_str(&text).map_err(|e| fail(format!("invalid YAML: {e}")))?
+    };
+    validate(doc).map_err(|e| fail(e.to_string()))
+}
+
+fn validate(doc: FileDoc) -> Result<BTreeMap<ServiceName, EndpointSet>, FileFormatError> {
+    let mut out = BTreeMap::new();
+    for (key, endpoints) in doc.services {
+        let at = |i: usize, field: &str| format!("services[{key:?}][{i}].{field}");
+        let name = ServiceName::parse(&key).map_err(|e| FileFormatError {
+            field: format!("services[{key:?}]"),
+            reason: e.reason.to_owned(),
+        })?;
+        let mut list = Vec::with_capacity(endpoints.len());
+        for (i, doc) in endpoints.into_iter().enumerate() {
+            let addr: SocketAddr = doc.address.parse().map_err(|_| FileFormatError {
+                field: at(i, "address"),
+                reason: format!("{:?} is not an IP:port socket address", doc.address),
+            })?;
+            let weight = match doc.weight {
+                Some(0) => {
+                    return Err(FileFormatError {
+                        field: at(i, "weight"),
+                        reason: "must be at least 1 (remove the endpoint to send it nothing)"
+                            .into(),
+                    });
+                }
+                Some(w) => w,
+                None => DEFAULT_WEIGHT,
+            };
+            let identity = doc
+                .identity
+                .map(|s| SpiffeId::parse(&s))
+                .transpose()
+                .map_err(|e| FileFormatError {
+                    field: at(i, "identity"),
+                    reason: e.to_string(),
+                })?;
+            list.push(Endpoint {
+                addr,
+                weight,
+                labels: doc.labels.into_iter().collect::<Labels>(),
+                identity,
+            });
+        }
+        let set = EndpointSet::new(list).map_err(|e| FileFormatError {
+            field: format!("services[{key:?}]"),
+            reason: e.to_string(),
+        })?;
+        if out.insert(name.clone(), set).is_some() {
+            return Err(FileFormatError {
+                field: format!("services[{key:?}]"),
+                reason: format!("service {name} is listed twice (names are case-insensitive)"),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn reads_yaml_and_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = write(
+            dir.path(),
+            "e.yaml",
+            "services:\n  Reviews:9080:\n    - address: 127.0.0.1:1\n      weight: 3\n      labels: {version: v2}\n      identity: spiffe://td/ns/a/sa/b\n",
+        );
+        let m = read(&yaml).unwrap();
+        let set = &m[&"reviews:9080".parse().unwrap()];
+        let ep = set.iter().next().unwrap();
+        assert_eq!((ep.weight, ep.labels.get("version")), (3, Some("v2")));
+        assert_eq!(ep.identity.as_ref().unwrap().as_str(), "spiffe://td/ns/a/sa/b");
+
+        let json = write(
+            dir.path(),
+            "e.json",
+            r#"{"services": {"ratings:80": [{"address": "127.0.0.1:2"}]}}"#,
+        );
+        assert_eq!(read(&json).unwrap().len(), 1);
+        let empty = write(dir.path(), "empty.yaml", "");
+        assert!(read(&empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rejects_invalid_documents_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("services:\n  r:80:\n    - address: nope\n", "services[\"r:80\"][0].address"),
+            ("services:\n  r:80:\n    - address: 127.0.0.1:1\n      weight: 0\n", "[0].weight"),
+            ("services:\n  r:80:\n    - address: 127.0.0.1:1\n    - address: 127.0.0.1:1\n", "listed twice"),
+            ("services:\n  r:\n    - address: 127.0.0.1:1\n", "needs its port"),
+            ("services:\n  r:80:\n    - address: 127.0.0.1:1\n      identity: http://x\n", "identity"),
+            ("services:\n  r:80:\n    - address: 127.0.0.1:1\n      colour: red\n", "colour"),
+            ("services: [1, 2\n", "invalid YAML"),
+        ];
+        for (text, needle) in cases {
+            let p = write(dir.path(), "bad.yaml", text);
+            let err = read(&p).unwrap_err().to_string();
+            assert!(err.contains("bad.yaml"), "{err}");
+            assert!(err.contains(needle), "{err:?} should contain {needle:?}");
+        }
+        let missing = read(&dir.path().join("absent.yaml")).unwrap_err().to_string();
+        assert!(missing.contains("cannot read"), "{missing}");
+    }
+}

@@ -1,0 +1,1 @@
+//! mesh for tonic (placeholder crate until its issue lands).

@@ -1,0 +1,9 @@
+//! # mesh
+//!
+//! An in-process service mesh for Rust. This facade re-exports the crates:
+//! [`core`] (discovery, balancing, policies), [`hyper`] (the meshed hyper client) and [`tonic`].
+#![deny(missing_docs)]
+
+pub use mesh_core as core;
+pub use mesh_hyper as hyper;
+pub use mesh_tonic as tonic;
