@@ -106,7 +106,11 @@ pub fn format(d: Duration) -> String {
     if nanos == 0 {
         return "0s".to_owned();
     }
-    for (unit, size) in [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000)] {
+    for (unit, size) in [
+        ("h", 3_600_000_000_000u128),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+    ] {
         if nanos % size == 0 {
             return format!("{}{unit}", nanos / size);
         }
@@ -183,7 +187,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_durations() {
-        for bad in ["", "10", "s", "-1s", "1.2.3s", "1d", "1sm", "99999999999999999999999h"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "-1s",
+            "1.2.3s",
+            "1d",
+            "1sm",
+            "99999999999999999999999h",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -66,7 +66,9 @@ impl fmt::Debug for Labels {
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Labels {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Labels(Arc::new(
-            iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
         ))
     }
 }
@@ -172,7 +174,10 @@ impl EndpointSet {
     }
 
     /// The subset whose labels match `selector` (Istio `DestinationRule` subsets).
-    pub fn select<'a>(&self, selector: impl IntoIterator<Item = (&'a str, &'a str)> + Clone) -> Self {
+    pub fn select<'a>(
+        &self,
+        selector: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
+    ) -> Self {
         Self(
             self.0
                 .iter()
@@ -185,7 +190,9 @@ impl EndpointSet {
 
 impl fmt::Debug for EndpointSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.0.iter().map(|e| e.addr)).finish()
+        f.debug_list()
+            .entries(self.0.iter().map(|e| e.addr))
+            .finish()
     }
 }
 

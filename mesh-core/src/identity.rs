@@ -79,10 +79,9 @@ impl SpiffeId {
         if td.contains(':') {
             return Err(fail("trust domain must not contain a port"));
         }
-        if !td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
-        {
+        if !td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        }) {
             return Err(fail(
                 "trust domain may only contain lowercase letters, digits, '.', '-' and '_'",
             ));
@@ -95,9 +94,9 @@ impl SpiffeId {
                 match segment {
                     "" => return Err(fail("path has an empty segment")),
                     "." | ".." => return Err(fail("path segments must not be '.' or '..'")),
-                    s if !s.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')
-                    }) =>
+                    s if !s
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) =>
                     {
                         return Err(fail(
                             "path segments may only contain letters, digits, '.', '-' and '_'",
@@ -255,7 +254,10 @@ mod tests {
     #[test]
     fn serde_round_trip_validates() {
         let id: SpiffeId = serde_json::from_str("\"spiffe://td/ns/a/sa/b\"").unwrap();
-        assert_eq!(serde_json::to_string(&id).unwrap(), "\"spiffe://td/ns/a/sa/b\"");
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            "\"spiffe://td/ns/a/sa/b\""
+        );
         assert!(serde_json::from_str::<SpiffeId>("\"spiffe://TD/x\"").is_err());
     }
 }

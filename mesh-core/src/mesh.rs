@@ -169,7 +169,10 @@ impl Mesh {
         })
     }
 
-    fn on_demand_source(&self, name: &ServiceName) -> Result<Arc<dyn EndpointSource>, ResolveError> {
+    fn on_demand_source(
+        &self,
+        name: &ServiceName,
+    ) -> Result<Arc<dyn EndpointSource>, ResolveError> {
         let inner = &self.inner;
         let mut cache = inner.on_demand.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = cache.get(name) {
@@ -220,7 +223,12 @@ impl fmt::Debug for Mesh {
             .field("services", &self.configured_services())
             .field(
                 "files",
-                &self.inner.files.iter().map(|(f, _)| f.path()).collect::<Vec<_>>(),
+                &self
+                    .inner
+                    .files
+                    .iter()
+                    .map(|(f, _)| f.path())
+                    .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -362,13 +370,19 @@ mod tests {
             mesh.resolve("b:80", 80),
             Err(ResolveError::Unknown(_))
         ));
-        assert!(matches!(mesh.resolve("b c", 80), Err(ResolveError::Name(_))));
+        assert!(matches!(
+            mesh.resolve("b c", 80),
+            Err(ResolveError::Name(_))
+        ));
     }
 
     #[test]
     fn rejects_duplicate_and_invalid_names() {
         let s = || StaticSource::new(vec![]).unwrap();
-        let dup = Mesh::builder().service("a:80", s()).service("A:80", s()).build();
+        let dup = Mesh::builder()
+            .service("a:80", s())
+            .service("A:80", s())
+            .build();
         assert!(matches!(dup, Err(BuildError::Duplicate(_))));
         let bad = Mesh::builder().service("a", s()).build();
         assert!(matches!(bad, Err(BuildError::Name(_))));

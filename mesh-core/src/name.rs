@@ -160,7 +160,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_names() {
-        assert!(ServiceName::parse("reviews").unwrap_err().reason.contains("port"));
+        assert!(
+            ServiceName::parse("reviews")
+                .unwrap_err()
+                .reason
+                .contains("port")
+        );
         assert!(ServiceName::from_authority("", 80).is_err());
         assert!(ServiceName::from_authority("a b:80", 80).is_err());
         assert!(ServiceName::from_authority("u@host:80", 80).is_err());

@@ -64,15 +64,15 @@ use tokio::sync::{Notify, oneshot};
 use tower::util::Oneshot;
 use tower_service::Service;
 
-pub use self::{
-    future::ResponseFuture,
-    policy::{DEFAULT_EWMA_DECAY, DEFAULT_EWMA_RTT, HeaderKey, InvalidHeaderKey, LbPolicy},
-    ring::DEFAULT_MIN_RING_SIZE,
-};
 use self::{
     ewma::{PeakEwma, nanos_since},
     future::InFlight,
     table::{Picker, Slot, Table},
+};
+pub use self::{
+    future::ResponseFuture,
+    policy::{DEFAULT_EWMA_DECAY, DEFAULT_EWMA_RTT, HeaderKey, InvalidHeaderKey, LbPolicy},
+    ring::DEFAULT_MIN_RING_SIZE,
 };
 use crate::{
     ServiceName,
@@ -308,6 +308,20 @@ impl<S: Clone> Shared<S> {
         };
         let old = self.table.load();
         let now = nanos_since(self.epoch, Instant::now());
+        // A new endpoint starts at the mean estimate of the endpoints already serving, so that
+        // it is neither flooded (an optimistic zero would win every comparison until its first
+        // response) nor starved (a pessimistic default loses every comparison at low
+        // concurrency until it decays, which takes about a minute with a 10 s decay).
+        let initial_rtt = if old.slots.is_empty() {
+            self.default_rtt
+        } else {
+            let sum: f64 = old
+                .slots
+                .iter()
+                .map(|s| s.load.estimate_ns(now, self.decay_ns))
+                .sum();
+            Duration::from_nanos((sum / old.slots.len() as f64) as u64)
+        };
         let mut slots = Vec::with_capacity(set.len());
         for ep in set {
             let prev = old
@@ -336,7 +350,7 @@ impl<S: Clone> Shared<S> {
                 None => {
                     tracing::debug!(service = %self.service, endpoint = %ep.addr,
                         weight = ep.weight, labels = ?ep.labels, "endpoint added");
-                    let load = PeakEwma::new(self.default_rtt, now);
+                    let load = PeakEwma::new(initial_rtt, now);
                     slots.push(Arc::new(Slot {
                         endpoint: ep.clone(),
                         service: new_endpoint.new_endpoint(ep),
@@ -345,14 +359,23 @@ impl<S: Clone> Shared<S> {
                 }
             }
         }
-        for gone in old.slots.iter().filter(|s| set.get(&s.endpoint.addr).is_none()) {
+        for gone in old
+            .slots
+            .iter()
+            .filter(|s| set.get(&s.endpoint.addr).is_none())
+        {
             tracing::debug!(service = %self.service, endpoint = %gone.endpoint.addr,
                 in_flight = gone.load.in_flight(), "endpoint removed");
         }
         if slots.is_empty() {
             tracing::debug!(service = %self.service, error = ?snap.last_error, "service has no endpoints");
         }
-        let table = Table::new(slots, &self.picker, self.min_ring_size, snap.last_error.clone());
+        let table = Table::new(
+            slots,
+            &self.picker,
+            self.min_ring_size,
+            snap.last_error.clone(),
+        );
         self.table.store(Arc::new(table));
         self.updated.notify_waiters();
     }
@@ -438,6 +461,20 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        self.route(req)
+    }
+}
+
+impl<S> Balancer<S> {
+    /// Sends a request to an endpoint: what [`Service::call`] does, through a shared reference.
+    pub fn route<B>(&self, req: http::Request<B>) -> ResponseFuture<S, http::Request<B>>
+    where
+        S: Service<http::Request<B>> + Clone + Send + Sync + 'static,
+        S::Error: From<NoEndpoints> + Send + 'static,
+        S::Response: Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
         let start = Instant::now();
         let shared = &self.shared;
         let table = shared.table.load();
@@ -456,9 +493,11 @@ where
                 notified.as_mut().enable();
                 let table = shared.table.load_full();
                 let now = Instant::now();
-                if let Some(slot) =
-                    table.pick(&shared.picker, req.headers(), nanos_since(shared.epoch, now))
-                {
+                if let Some(slot) = table.pick(
+                    &shared.picker,
+                    req.headers(),
+                    nanos_since(shared.epoch, now),
+                ) {
                     return dispatch(&shared, slot, req, now).await;
                 }
                 let deadline = start + shared.wait_bound(&table);

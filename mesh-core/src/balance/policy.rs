@@ -32,7 +32,8 @@ pub enum LbPolicy {
     /// Adapts to slow endpoints within a few requests without any health signal.
     #[serde(rename_all = "camelCase")]
     P2cPeakEwma {
-        /// Estimate for an endpoint with no observed latency yet.
+        /// Estimate for the first endpoints of a service, before any latency is observed.
+        /// Endpoints added later start at the mean estimate of those already serving.
         #[serde(default = "default_rtt", with = "crate::duration::serde")]
         default_rtt: Duration,
         /// How quickly the estimate forgets.
@@ -160,7 +161,10 @@ mod tests {
         );
         let p: LbPolicy = serde_json::from_str(r#"{"kind":"round-robin"}"#).unwrap();
         assert_eq!(p, LbPolicy::RoundRobin);
-        assert!(serde_json::from_str::<LbPolicy>(r#"{"kind":"ring-hash","header":"bad header"}"#).is_err());
+        assert!(
+            serde_json::from_str::<LbPolicy>(r#"{"kind":"ring-hash","header":"bad header"}"#)
+                .is_err()
+        );
         assert!(serde_json::from_str::<LbPolicy>(r#"{"kind":"random"}"#).is_err());
     }
 }

@@ -30,7 +30,9 @@ impl Ring {
         let size = min_ring_size.clamp(endpoints.len(), MAX_RING_SIZE) as u64;
         let mut points = Vec::with_capacity(size as usize + endpoints.len());
         for (i, (addr, w)) in endpoints.iter().enumerate() {
-            let share = ((size * u64::from(*w)) as f64 / total as f64).round().max(1.0) as u64;
+            let share = ((size * u64::from(*w)) as f64 / total as f64)
+                .round()
+                .max(1.0) as u64;
             for replica in 0..share {
                 let key = format!("{addr}_{replica}");
                 points.push((hash(key.as_bytes()), i as u32));
@@ -73,14 +75,18 @@ mod tests {
     use super::*;
 
     fn eps(n: u16) -> Vec<(SocketAddr, u32)> {
-        (0..n).map(|i| (SocketAddr::from(([10, 0, 0, 1], 8000 + i)), 1)).collect()
+        (0..n)
+            .map(|i| (SocketAddr::from(([10, 0, 0, 1], 8000 + i)), 1))
+            .collect()
     }
 
     #[test]
     fn spreads_keys_evenly_and_moves_few_on_change() {
         let ring = Ring::build(&eps(4), DEFAULT_MIN_RING_SIZE);
         let mut counts = [0usize; 4];
-        let keys: Vec<u64> = (0..20_000).map(|k| hash(format!("user-{k}").as_bytes())).collect();
+        let keys: Vec<u64> = (0..20_000)
+            .map(|k| hash(format!("user-{k}").as_bytes()))
+            .collect();
         for k in &keys {
             counts[ring.lookup(*k).unwrap()] += 1;
         }

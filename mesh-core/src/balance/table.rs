@@ -140,7 +140,11 @@ impl<S> fmt::Debug for Table<S> {
             .field("resolved", &self.resolved)
             .field(
                 "endpoints",
-                &self.slots.iter().map(|s| s.endpoint.addr).collect::<Vec<_>>(),
+                &self
+                    .slots
+                    .iter()
+                    .map(|s| s.endpoint.addr)
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }

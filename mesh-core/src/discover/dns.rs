@@ -234,7 +234,7 @@ async fn refresh(inner: Arc<DnsInner>) {
                     tracing::debug!(name = %name_of(&inner.query), endpoints = ?set, ttl = ?ttl,
                         next_refresh = ?wait, "DNS endpoints changed");
                 } else {
-                    tracing::trace!(name = %name_of(&inner.query), next_refresh = ?wait, "DNS endpoints unchanged");
+                    tracing::trace!(name = %name_of(&inner.query), endpoints = ?set, next_refresh = ?wait, "DNS endpoints unchanged");
                 }
                 wait
             }
@@ -331,9 +331,14 @@ async fn lookup(
             };
             let mut endpoints: Vec<Endpoint> = Vec::new();
             for srv in srvs.iter().filter(|s| s.priority == best) {
-                let ips = target_ips(resolver, answer.additionals(), &srv.target, &mut valid_until)
-                    .await
-                    .map_err(|e| dns_error(&srv.target.to_string(), &e))?;
+                let ips = target_ips(
+                    resolver,
+                    answer.additionals(),
+                    &srv.target,
+                    &mut valid_until,
+                )
+                .await
+                .map_err(|e| dns_error(&srv.target.to_string(), &e))?;
                 for ip in ips {
                     let addr = SocketAddr::new(ip, srv.port);
                     // The same address under two SRV records: keep the larger weight.

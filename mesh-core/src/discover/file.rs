@@ -287,7 +287,9 @@ fn read(path: &Path) -> Result<BTreeMap<ServiceName, EndpointSet>, DiscoveryErro
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-    let json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let doc: FileDoc = if json {
         serde_json::from_str(&text).map_err(|e| fail(format!("invalid JSON: {e}")))?
     } else if text.trim().is_empty() {
@@ -376,7 +378,10 @@ mod tests {
         let set = &m[&"reviews:9080".parse().unwrap()];
         let ep = set.iter().next().unwrap();
         assert_eq!((ep.weight, ep.labels.get("version")), (3, Some("v2")));
-        assert_eq!(ep.identity.as_ref().unwrap().as_str(), "spiffe://td/ns/a/sa/b");
+        assert_eq!(
+            ep.identity.as_ref().unwrap().as_str(),
+            "spiffe://td/ns/a/sa/b"
+        );
 
         let json = write(
             dir.path(),
@@ -392,12 +397,30 @@ mod tests {
     fn rejects_invalid_documents_naming_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            ("services:\n  r:80:\n    - address: nope\n", "services[\"r:80\"][0].address"),
-            ("services:\n  r:80:\n    - address: 127.0.0.1:1\n      weight: 0\n", "[0].weight"),
-            ("services:\n  r:80:\n    - address: 127.0.0.1:1\n    - address: 127.0.0.1:1\n", "listed twice"),
-            ("services:\n  r:\n    - address: 127.0.0.1:1\n", "needs its port"),
-            ("services:\n  r:80:\n    - address: 127.0.0.1:1\n      identity: http://x\n", "identity"),
-            ("services:\n  r:80:\n    - address: 127.0.0.1:1\n      colour: red\n", "colour"),
+            (
+                "services:\n  r:80:\n    - address: nope\n",
+                "services[\"r:80\"][0].address",
+            ),
+            (
+                "services:\n  r:80:\n    - address: 127.0.0.1:1\n      weight: 0\n",
+                "[0].weight",
+            ),
+            (
+                "services:\n  r:80:\n    - address: 127.0.0.1:1\n    - address: 127.0.0.1:1\n",
+                "listed twice",
+            ),
+            (
+                "services:\n  r:\n    - address: 127.0.0.1:1\n",
+                "needs its port",
+            ),
+            (
+                "services:\n  r:80:\n    - address: 127.0.0.1:1\n      identity: http://x\n",
+                "identity",
+            ),
+            (
+                "services:\n  r:80:\n    - address: 127.0.0.1:1\n      colour: red\n",
+                "colour",
+            ),
             ("services: [1, 2\n", "invalid YAML"),
         ];
         for (text, needle) in cases {
@@ -406,7 +429,9 @@ mod tests {
             assert!(err.contains("bad.yaml"), "{err}");
             assert!(err.contains(needle), "{err:?} should contain {needle:?}");
         }
-        let missing = read(&dir.path().join("absent.yaml")).unwrap_err().to_string();
+        let missing = read(&dir.path().join("absent.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("cannot read"), "{missing}");
     }
 }

@@ -134,7 +134,9 @@ mod tests {
 
         p.publish(EndpointSet::new(vec![ep(2).weight(5), ep(3)]).unwrap());
         assert!(matches!(next(&mut d).await, Change::Remove(a) if a.port() == 1));
-        assert!(matches!(next(&mut d).await, Change::Insert(a, e) if a.port() == 2 && e.weight == 5));
+        assert!(
+            matches!(next(&mut d).await, Change::Insert(a, e) if a.port() == 2 && e.weight == 5)
+        );
         assert!(matches!(next(&mut d).await, Change::Insert(a, _) if a.port() == 3));
 
         drop(p);

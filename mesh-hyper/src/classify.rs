@@ -1,0 +1,71 @@
+//! HTTP classification: which responses and errors count as failures, and of what kind.
+//!
+//! [`HttpClassifier`] implements mesh-core's [`Classify`] for the meshed client's results:
+//!
+//! | result | class |
+//! |---|---|
+//! | status < 500 | success (a 4xx is the caller's problem, not the endpoint's) |
+//! | status ≥ 500 | `Failure(Status(code))` |
+//! | connect error (refused, unreachable, connect timeout) | `Failure(Connect)` — never reached the server |
+//! | HTTP/2 `REFUSED_STREAM` | `Failure(Refused)` — never processed |
+//! | no endpoints | `Failure(NoEndpoints)` |
+//! | any other error | `Failure(Other)` |
+//!
+//! ```
+//! use mesh_core::classify::{Classify, FailureKind, ResponseClass};
+//! use mesh_hyper::HttpClassifier;
+//!
+//! let rsp = http::Response::builder().status(503).body(()).unwrap();
+//! assert_eq!(
+//!     HttpClassifier.classify(Ok::<_, &mesh_hyper::Error>(&rsp)),
+//!     ResponseClass::Failure(FailureKind::Status(503)),
+//! );
+//! ```
+
+use std::error::Error as StdError;
+
+use mesh_core::classify::{Classify, FailureKind, ResponseClass};
+
+use crate::Error;
+
+/// Classifies HTTP responses and mesh-hyper errors (see the [module docs](self)).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpClassifier;
+
+impl<B> Classify<http::Response<B>, Error> for HttpClassifier {
+    fn classify(&self, result: Result<&http::Response<B>, &Error>) -> ResponseClass {
+        match result {
+            Ok(rsp) if rsp.status().is_server_error() => {
+                ResponseClass::Failure(FailureKind::Status(rsp.status().as_u16()))
+            }
+            Ok(_) => ResponseClass::Success,
+            Err(e) => ResponseClass::Failure(failure_kind(e)),
+        }
+    }
+}
+
+/// The failure kind of a mesh-hyper error.
+pub(crate) fn failure_kind(e: &Error) -> FailureKind {
+    match e {
+        Error::Connect { .. } => FailureKind::Connect,
+        Error::NoEndpoints(_) => FailureKind::NoEndpoints,
+        Error::Request { source, .. } if refused_stream(source) => FailureKind::Refused,
+        Error::Request { .. } => FailureKind::Other,
+        // Routing errors: the request was never sent anywhere.
+        Error::MissingAuthority | Error::UnsupportedScheme(_) | Error::Resolve(_) => {
+            FailureKind::NoEndpoints
+        }
+    }
+}
+
+/// Whether an HTTP/2 peer refused the stream (`REFUSED_STREAM`), i.e. did not process it.
+fn refused_stream(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cur = err.source();
+    }
+    false
+}

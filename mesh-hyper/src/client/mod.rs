@@ -1,0 +1,323 @@
+//! The meshed HTTP client.
+//!
+//! [`MeshClient`] is a `tower::Service<http::Request<B>>` that takes requests addressed to
+//! **logical services** (`http://reviews.default:9080/reviews/1`) and sends each to a live
+//! endpoint of that service. Per destination service it holds a stack built in
+//! [`MeshClient::stack`], top to bottom as in `shared/DESIGN.md`:
+//!
+//! ```text
+//! authority ─► Mesh::resolve (configured | endpoints file | IP literal | DNS)
+//!           ─► Balancer (P2C Peak-EWMA | RR | weighted | ring hash, follows discovery)
+//!           ─► HttpEndpoint (hyper-util pooled client per endpoint; HTTP/1.1 or h2c)
+//! ```
+//!
+//! The request's URI and `Host` stay logical: hyper-util writes `Host: reviews.default:9080`
+//! (or `:authority` over HTTP/2) and only the connector knows the endpoint's address. A request
+//! in origin form (`/path` plus a `Host` header) is routed by its `Host`.
+//!
+//! Adopting it is one line: where an application built a hyper-util client, it builds a
+//! `MeshClient` from its [`Mesh`] and keeps calling `request`:
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Empty};
+//! use mesh_core::Mesh;
+//! use mesh_hyper::MeshClient;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mesh = Mesh::builder().endpoints_file("endpoints.yaml", Default::default()).build()?;
+//! // before: let client = Client::builder(TokioExecutor::new()).build_http();
+//! let client = MeshClient::new(mesh);
+//! let req = http::Request::get("http://reviews.default:9080/reviews/1").body(Empty::<Bytes>::new())?;
+//! let body = client.request(req).await?.into_body().collect().await?.to_bytes();
+//! # Ok(()) }
+//! ```
+
+mod endpoint;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response, Uri, uri::Scheme};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use mesh_core::{
+    Balancer, Destination, Mesh, ServiceName,
+    balance::{EndpointStats, ResponseFuture as BalanceFuture},
+};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+use tracing::{Instrument, instrument::Instrumented};
+
+pub use self::endpoint::{EndpointFuture, HttpEndpoint};
+use crate::Error;
+
+/// Request bodies the client can send: what hyper-util's client accepts. Implemented for every
+/// such type (`Full<Bytes>`, `Empty<Bytes>`, `BoxBody`, tonic's body, ...).
+pub trait RequestBody:
+    http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<T> RequestBody for T where
+    T: http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
+/// Connection settings of a [`MeshClient`], applied to every endpoint's pool.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// Time allowed for a TCP connect. Default 1 s: linkerd2-proxy's outbound connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle pooled connections are closed after this. Default 90 s: hyper-util's default.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per endpoint. Default unlimited: hyper-util's default.
+    pub pool_max_idle_per_endpoint: usize,
+    /// TCP keepalive probes on idle connections. Default 60 s... of idleness, so dead peers behind
+    /// NAT are found (Linux would otherwise wait two hours).
+    pub tcp_keepalive: Option<Duration>,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_endpoint: usize::MAX,
+            tcp_keepalive: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// The meshed HTTP client. Cheap to clone; clones share destinations, pools and load state.
+/// See the [module docs](self).
+pub struct MeshClient<B = Full<Bytes>> {
+    inner: Arc<Inner<B>>,
+}
+
+struct Inner<B> {
+    mesh: Mesh,
+    settings: ClientSettings,
+    /// Destinations by the authority string requests use (one service may have several
+    /// spellings; they share one `Dest`). Read on every request without locking.
+    by_authority: ArcSwap<HashMap<Box<str>, Arc<Dest<B>>>>,
+    /// Destinations by normalized name; also serializes creation.
+    by_name: Mutex<HashMap<ServiceName, Arc<Dest<B>>>>,
+}
+
+/// The stack of one destination service.
+struct Dest<B> {
+    name: ServiceName,
+    balancer: Balancer<HttpEndpoint<B>>,
+}
+
+impl<B> Clone for MeshClient<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B> MeshClient<B>
+where
+    B: RequestBody,
+{
+    /// A client over `mesh` with default connection settings.
+    pub fn new(mesh: Mesh) -> Self {
+        Self::with_settings(mesh, ClientSettings::default())
+    }
+
+    /// A client over `mesh` with the given connection settings.
+    pub fn with_settings(mesh: Mesh, settings: ClientSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                mesh,
+                settings,
+                by_authority: ArcSwap::from_pointee(HashMap::new()),
+                by_name: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Sends a request (the same call as hyper-util's `Client::request`).
+    pub fn request(&self, mut req: Request<B>) -> ResponseFuture<B> {
+        let dest = match self.destination(&mut req) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "request not routable");
+                return ResponseFuture::failed(e);
+            }
+        };
+        let span = tracing::debug_span!("mesh", service = %dest.name,
+            endpoint = tracing::field::Empty, attempt = 1u32);
+        let fut = {
+            let _enter = span.enter();
+            dest.balancer.route(req)
+        };
+        ResponseFuture::routed(fut.instrument(span))
+    }
+
+    /// The endpoints of a service as its balancer sees them (load, in-flight), if the client has
+    /// sent to it.
+    pub fn endpoints(&self, service: &ServiceName) -> Option<Vec<EndpointStats>> {
+        let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        by_name.get(service).map(|d| d.balancer.endpoints())
+    }
+
+    fn destination(&self, req: &mut Request<B>) -> Result<Arc<Dest<B>>, Error> {
+        if req.uri().authority().is_none() {
+            // Origin form (`/path` + Host): hyper-util needs an absolute URI.
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .ok_or(Error::MissingAuthority)?;
+            *req.uri_mut() = absolutize(req.uri(), host)?;
+        }
+        let uri = req.uri();
+        let default_port = match uri.scheme() {
+            None => 80,
+            Some(s) if *s == Scheme::HTTP => 80,
+            Some(s) => return Err(Error::UnsupportedScheme(s.to_string())),
+        };
+        let authority = uri.authority().ok_or(Error::MissingAuthority)?.as_str();
+        if let Some(d) = self.inner.by_authority.load().get(authority) {
+            return Ok(d.clone());
+        }
+        let name = ServiceName::from_authority(authority, default_port)
+            .map_err(|e| Error::Resolve(e.into()))?;
+        let mut by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let dest = match by_name.get(&name) {
+            Some(d) => d.clone(),
+            None => {
+                let dest = Arc::new(self.stack(self.inner.mesh.resolve_name(name.clone())?));
+                by_name.insert(name, dest.clone());
+                dest
+            }
+        };
+        let mut map = HashMap::clone(&self.inner.by_authority.load());
+        map.insert(authority.into(), dest.clone());
+        self.inner.by_authority.store(Arc::new(map));
+        Ok(dest)
+    }
+
+    /// Builds the stack of one destination, top to bottom.
+    fn stack(&self, dest: Destination) -> Dest<B> {
+        let Destination {
+            name,
+            config,
+            subscription,
+        } = dest;
+        tracing::debug!(service = %name, policy = ?config.balance.policy,
+            protocol = ?config.protocol, "new destination");
+        let settings = self.inner.settings.clone();
+        let protocol = config.protocol;
+        let svc = name.clone();
+        let balancer = Balancer::new(
+            name.clone(),
+            subscription,
+            config.balance,
+            move |ep: &mesh_core::Endpoint| HttpEndpoint::new(svc.clone(), ep, protocol, &settings),
+        );
+        Dest { name, balancer }
+    }
+}
+
+impl<B> Service<Request<B>> for MeshClient<B>
+where
+    B: RequestBody,
+{
+    type Response = Response<Incoming>;
+    type Error = Error;
+    type Future = ResponseFuture<B>;
+
+    /// Always ready: the client routes; each destination's balancer fails fast or waits per
+    /// request (see `mesh_core::balance`).
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.request(req)
+    }
+}
+
+impl<B> fmt::Debug for MeshClient<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshClient")
+            .field("mesh", &self.inner.mesh)
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// Response future of [`MeshClient`].
+    pub struct ResponseFuture<B: RequestBody> {
+        #[pin]
+        state: State<B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<B: RequestBody> {
+        Routed { #[pin] fut: Instrumented<BalanceFuture<HttpEndpoint<B>, Request<B>>> },
+        Failed { error: Option<Error> },
+    }
+}
+
+impl<B: RequestBody> ResponseFuture<B> {
+    fn routed(fut: Instrumented<BalanceFuture<HttpEndpoint<B>, Request<B>>>) -> Self {
+        Self {
+            state: State::Routed { fut },
+        }
+    }
+
+    fn failed(error: Error) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<B: RequestBody> Future for ResponseFuture<B> {
+    type Output = Result<Response<Incoming>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Routed { fut } => fut.poll(cx),
+            StateProj::Failed { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
+        }
+    }
+}
+
+/// Builds an absolute `http://` URI for a request that only has a path (origin form) and a
+/// `Host` header, as hyper-util's client requires absolute URIs.
+pub(crate) fn absolutize(uri: &Uri, host: &str) -> Result<Uri, Error> {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Uri::builder()
+        .scheme("http")
+        .authority(host)
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| Error::MissingAuthority)
+}

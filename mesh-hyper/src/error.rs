@@ -1,0 +1,71 @@
+//! Errors of the meshed hyper client.
+
+use std::{error::Error as StdError, net::SocketAddr};
+
+use mesh_core::{NoEndpoints, ServiceName, mesh::ResolveError};
+
+/// Why a meshed request failed. Every variant names the service (and the endpoint, once one was
+/// chosen), so a log line alone says where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request has neither an absolute URI nor a `Host` header to route by.
+    #[error(
+        "request has no authority to route by: use an absolute URI (http://service:port/path) or a Host header"
+    )]
+    MissingAuthority,
+    /// The URI scheme is not one the client speaks.
+    #[error("unsupported URI scheme {0:?}: the mesh client speaks http")]
+    UnsupportedScheme(String),
+    /// The authority could not be resolved to a service.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The service has no endpoint to send to.
+    #[error(transparent)]
+    NoEndpoints(#[from] NoEndpoints),
+    /// No connection to the chosen endpoint could be made; the request was not sent.
+    #[error("connecting to {endpoint} for service {service:?} failed: {source}")]
+    Connect {
+        /// The service.
+        service: ServiceName,
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// hyper's error (with the OS error underneath).
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The request failed on an established connection (reset, protocol error, closed early).
+    #[error("request to {endpoint} for service {service:?} failed: {source}")]
+    Request {
+        /// The service.
+        service: ServiceName,
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// hyper's error.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+}
+
+impl Error {
+    /// The endpoint the request was sent (or meant) to, if one was chosen.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            Error::Connect { endpoint, .. } | Error::Request { endpoint, .. } => Some(*endpoint),
+            _ => None,
+        }
+    }
+
+    /// Whether the request certainly never reached the server.
+    pub fn is_unprocessed(&self) -> bool {
+        crate::classify::failure_kind(self).is_unprocessed()
+    }
+
+    /// The innermost source error, for logs.
+    pub fn root_cause(&self) -> &(dyn StdError + 'static) {
+        let mut e: &(dyn StdError + 'static) = self;
+        while let Some(next) = e.source() {
+            e = next;
+        }
+        e
+    }
+}

@@ -1,0 +1,358 @@
+//! The meshed hyper client against real hyper servers on loopback: spread, weights, affinity,
+//! empty services, Host/URI handling, HTTP/2, in-flight requests across discovery changes.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::{Backend, BackendOpts, backend, backend_of, backend_with, get};
+use mesh::{
+    core::{
+        BalanceConfig, Endpoint, LbPolicy, Mesh, Protocol, ServiceConfig,
+        balance::NoEndpointsReason,
+        classify::{Classify, FailureKind, ResponseClass},
+        discover::StaticSource,
+    },
+    hyper::{Error, HttpClassifier, MeshClient},
+};
+
+fn endpoints(backends: &[&Backend]) -> Vec<Endpoint> {
+    backends.iter().map(|b| Endpoint::new(b.addr)).collect()
+}
+
+fn config(policy: LbPolicy) -> ServiceConfig {
+    ServiceConfig {
+        balance: BalanceConfig {
+            policy,
+            ..BalanceConfig::default()
+        },
+        ..ServiceConfig::default()
+    }
+}
+
+fn client_for(
+    source: StaticSource,
+    config: ServiceConfig,
+) -> MeshClient<http_body_util::Empty<bytes::Bytes>> {
+    let mesh = Mesh::builder()
+        .service_with("reviews.test:9080", source, config)
+        .without_dns_fallback()
+        .build()
+        .unwrap();
+    MeshClient::new(mesh)
+}
+
+/// Sends `n` requests, `concurrency` at a time, and counts answers per backend.
+async fn spread(
+    client: &MeshClient<http_body_util::Empty<bytes::Bytes>>,
+    n: usize,
+    concurrency: usize,
+    make: impl Fn(usize) -> http::Request<http_body_util::Empty<bytes::Bytes>>,
+) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<_> = (i..(i + concurrency).min(n))
+            .map(|k| client.request(make(k)))
+            .collect();
+        for fut in batch {
+            let rsp = fut.await.expect("request succeeds");
+            assert_eq!(rsp.status(), 200);
+            *counts.entry(backend_of(&rsp)).or_insert(0) += 1;
+        }
+        i += concurrency;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn p2c_spreads_requests_over_all_endpoints() {
+    let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
+    let client = client_for(
+        StaticSource::new(endpoints(&[&a, &b, &c])).unwrap(),
+        ServiceConfig::default(),
+    );
+    let counts = spread(&client, 900, 9, |_| get("http://reviews.test:9080/")).await;
+    for name in ["a", "b", "c"] {
+        let n = counts.get(name).copied().unwrap_or(0);
+        assert!(n >= 90, "backend {name} got {n} of 900: {counts:?}");
+    }
+}
+
+#[tokio::test]
+async fn round_robin_takes_turns() {
+    let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
+    let client = client_for(
+        StaticSource::new(endpoints(&[&a, &b, &c])).unwrap(),
+        config(LbPolicy::RoundRobin),
+    );
+    let counts = spread(&client, 300, 1, |_| get("http://reviews.test:9080/")).await;
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        vec![100; 3],
+        "{counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn weighted_spread_follows_endpoint_weights() {
+    let (a, b) = (backend("light").await, backend("heavy").await);
+    let source = StaticSource::new(vec![
+        Endpoint::new(a.addr).weight(1),
+        Endpoint::new(b.addr).weight(3),
+    ])
+    .unwrap();
+    let client = client_for(source, config(LbPolicy::Weighted));
+    let counts = spread(&client, 4000, 16, |_| get("http://reviews.test:9080/")).await;
+    let heavy = counts["heavy"] as f64 / 4000.0;
+    // Expected 0.75; binomial σ ≈ 0.007, so ±0.04 is > 5σ.
+    assert!(
+        (0.71..=0.79).contains(&heavy),
+        "heavy share {heavy}: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn ring_hash_keeps_each_key_on_one_endpoint() {
+    let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
+    let client = client_for(
+        StaticSource::new(endpoints(&[&a, &b, &c])).unwrap(),
+        config(LbPolicy::ring_hash("x-user".parse().unwrap())),
+    );
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for round in 0..10 {
+        for user in 0..60 {
+            let mut req = get("http://reviews.test:9080/");
+            req.headers_mut()
+                .insert("x-user", format!("user-{user}").parse().unwrap());
+            let rsp = client.request(req).await.unwrap();
+            let got = backend_of(&rsp);
+            let first = owner
+                .entry(format!("user-{user}"))
+                .or_insert_with(|| got.clone());
+            assert_eq!(*first, got, "user-{user} moved in round {round}");
+        }
+    }
+    let used: std::collections::HashSet<_> = owner.values().collect();
+    assert_eq!(
+        used.len(),
+        3,
+        "60 keys should land on all 3 endpoints: {owner:?}"
+    );
+}
+
+#[tokio::test]
+async fn empty_service_fails_fast_with_a_typed_error_naming_it() {
+    let client = client_for(StaticSource::new(vec![]).unwrap(), ServiceConfig::default());
+    let err = client
+        .request(get("http://reviews.test:9080/"))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::NoEndpoints(e) => {
+            assert_eq!(e.service.as_str(), "reviews.test:9080");
+            assert_eq!(e.reason, NoEndpointsReason::Empty);
+            assert_eq!(e.waited, Duration::ZERO);
+        }
+        other => panic!("expected NoEndpoints, got {other:?}"),
+    }
+    assert!(err.to_string().contains("reviews.test:9080"), "{err}");
+    assert_eq!(
+        HttpClassifier.classify(Err::<&http::Response<()>, _>(&err)),
+        ResponseClass::Failure(FailureKind::NoEndpoints)
+    );
+}
+
+#[tokio::test]
+async fn bounded_wait_for_endpoints_succeeds_when_one_appears_and_fails_when_none_does() {
+    let a = backend("a").await;
+    let source = StaticSource::new(vec![]).unwrap();
+    let mut cfg = ServiceConfig::default();
+    cfg.balance.wait_for_endpoints = Duration::from_secs(2);
+    let client = client_for(source.clone(), cfg);
+
+    let pending = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(get("http://reviews.test:9080/")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    source.update(vec![Endpoint::new(a.addr)]).unwrap();
+    let rsp = pending
+        .await
+        .unwrap()
+        .expect("served once the endpoint appears");
+    assert_eq!(backend_of(&rsp), "a");
+
+    source.update(vec![]).unwrap();
+    let name = "reviews.test:9080".parse().unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(5), async || {
+            client.endpoints(&name).unwrap().is_empty()
+        })
+        .await
+    );
+    let started = std::time::Instant::now();
+    let err = client
+        .request(get("http://reviews.test:9080/"))
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(&err, Error::NoEndpoints(e) if e.waited >= Duration::from_secs(2)),
+        "{err}"
+    );
+    // Bounded: the wait ends at its limit, not never (generous slack for a loaded CI machine).
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+}
+
+#[tokio::test]
+async fn uri_and_host_stay_logical_and_origin_form_routes_by_host() {
+    let a = backend("a").await;
+    let client = client_for(
+        StaticSource::new(endpoints(&[&a])).unwrap(),
+        ServiceConfig::default(),
+    );
+    let rsp = client
+        .request(get("http://reviews.test:9080/reviews/1?x=2"))
+        .await
+        .unwrap();
+    assert_eq!(rsp.headers()["x-seen-host"], "reviews.test:9080");
+    assert_eq!(rsp.headers()["x-seen-path"], "/reviews/1");
+
+    let mut req = get("/ratings");
+    req.headers_mut()
+        .insert(http::header::HOST, "Reviews.Test:9080".parse().unwrap());
+    let rsp = client.request(req).await.unwrap();
+    assert_eq!(backend_of(&rsp), "a");
+    assert_eq!(rsp.headers()["x-seen-path"], "/ratings");
+
+    let err = client.request(get("/no-host")).await.unwrap_err();
+    assert!(matches!(err, Error::MissingAuthority), "{err}");
+    let err = client
+        .request(get("https://reviews.test:9080/"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnsupportedScheme(_)), "{err}");
+}
+
+#[tokio::test]
+async fn http2_destinations_use_prior_knowledge() {
+    let a = backend("a").await;
+    let cfg = ServiceConfig {
+        protocol: Protocol::Http2,
+        ..ServiceConfig::default()
+    };
+    let client = client_for(StaticSource::new(endpoints(&[&a])).unwrap(), cfg);
+    let futs: Vec<_> = (0..20)
+        .map(|_| client.request(get("http://reviews.test:9080/")))
+        .collect();
+    for f in futs {
+        let rsp = f.await.unwrap();
+        assert_eq!(rsp.version(), http::Version::HTTP_2);
+        assert_eq!(rsp.headers()["x-seen-version"], "HTTP/2.0");
+        assert_eq!(rsp.headers()["x-seen-host"], "reviews.test:9080");
+    }
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_when_their_endpoint_is_removed() {
+    let slow = backend_with(BackendOpts {
+        delay: Duration::from_millis(300),
+        ..BackendOpts::named("slow")
+    })
+    .await;
+    let other = backend("other").await;
+    let source = StaticSource::new(endpoints(&[&slow])).unwrap();
+    let client = client_for(source.clone(), ServiceConfig::default());
+    let in_flight: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(client.request(get("http://reviews.test:9080/"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    source.update(endpoints(&[&other])).unwrap();
+    for f in in_flight {
+        let rsp = f.await.unwrap().expect("in-flight request completes");
+        assert_eq!(backend_of(&rsp), "slow");
+    }
+    // New requests go to the new endpoint only.
+    assert!(
+        common::eventually(Duration::from_secs(5), async || {
+            let rsp = client
+                .request(get("http://reviews.test:9080/"))
+                .await
+                .unwrap();
+            backend_of(&rsp) == "other"
+        })
+        .await
+    );
+    for _ in 0..20 {
+        let rsp = client
+            .request(get("http://reviews.test:9080/"))
+            .await
+            .unwrap();
+        assert_eq!(backend_of(&rsp), "other");
+    }
+}
+
+#[tokio::test]
+async fn connect_failures_are_typed_and_classified() {
+    // A port that was just free: nothing listens there.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let client = client_for(
+        StaticSource::new(vec![Endpoint::new(addr)]).unwrap(),
+        ServiceConfig::default(),
+    );
+    let err = client
+        .request(get("http://reviews.test:9080/"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Connect { endpoint, service, .. }
+        if *endpoint == addr && service.as_str() == "reviews.test:9080"),
+        "{err}"
+    );
+    assert!(err.is_unprocessed());
+    assert_eq!(
+        HttpClassifier.classify(Err::<&http::Response<()>, _>(&err)),
+        ResponseClass::Failure(FailureKind::Connect)
+    );
+
+    let five_oh_three = backend_with(BackendOpts {
+        status: 503,
+        ..BackendOpts::named("sick")
+    })
+    .await;
+    let client = client_for(
+        StaticSource::new(endpoints(&[&five_oh_three])).unwrap(),
+        ServiceConfig::default(),
+    );
+    let rsp = client
+        .request(get("http://reviews.test:9080/"))
+        .await
+        .unwrap();
+    assert_eq!(
+        HttpClassifier.classify(Ok::<_, &Error>(&rsp)),
+        ResponseClass::Failure(FailureKind::Status(503))
+    );
+}
+
+#[tokio::test]
+async fn balancer_reports_endpoint_load() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let client = client_for(
+        StaticSource::new(endpoints(&[&a, &b])).unwrap(),
+        ServiceConfig::default(),
+    );
+    spread(&client, 50, 5, |_| get("http://reviews.test:9080/")).await;
+    let stats = client
+        .endpoints(&"reviews.test:9080".parse().unwrap())
+        .unwrap();
+    assert_eq!(stats.len(), 2);
+    for s in &stats {
+        assert_eq!(s.in_flight, 0);
+        // Loopback answers come back far below the 30 ms initial estimate.
+        assert!(s.ewma_latency < Duration::from_millis(30), "{s:?}");
+    }
+}

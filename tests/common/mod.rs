@@ -1,0 +1,178 @@
+//! Real servers on loopback for the integration tests: hyper backends and a DNS server.
+#![allow(dead_code)]
+
+pub mod dns;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::{net::TcpListener, task::JoinSet};
+
+/// How a test backend answers.
+#[derive(Clone, Debug)]
+pub struct BackendOpts {
+    /// Returned in the body and in `x-backend`.
+    pub name: String,
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// Status to answer with.
+    pub status: u16,
+}
+
+impl BackendOpts {
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            delay: Duration::ZERO,
+            status: 200,
+        }
+    }
+}
+
+/// A hyper server (HTTP/1.1 and h2c) on loopback that counts its requests. Dropping it stops
+/// the listener and closes every connection.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A backend on 127.0.0.1 and a free port.
+pub async fn backend(name: &str) -> Backend {
+    backend_with(BackendOpts::named(name)).await
+}
+
+pub async fn backend_with(opts: BackendOpts) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve(listener, opts)
+}
+
+/// A backend on a given address (e.g. 127.0.0.2:PORT for DNS tests).
+pub async fn backend_at(addr: SocketAddr, name: &str) -> std::io::Result<Backend> {
+    let listener = TcpListener::bind(addr).await?;
+    Ok(serve(listener, BackendOpts::named(name)))
+}
+
+fn serve(listener: TcpListener, opts: BackendOpts) -> Backend {
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let name = opts.name.clone();
+    let counter = hits.clone();
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        let opts = Arc::new(opts);
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let opts = opts.clone();
+            let hits = counter.clone();
+            conns.spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let opts = opts.clone();
+                    let hits = hits.clone();
+                    async move {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let host = req
+                            .headers()
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .map(str::to_owned)
+                            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                            .unwrap_or_default();
+                        let version = format!("{:?}", req.version());
+                        let path = req.uri().path().to_owned();
+                        // Drain the request body.
+                        let _ = req.into_body().collect().await;
+                        if !opts.delay.is_zero() {
+                            tokio::time::sleep(opts.delay).await;
+                        }
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(opts.status)
+                                .header("x-backend", opts.name.as_str())
+                                .header("x-seen-host", host)
+                                .header("x-seen-version", version)
+                                .header("x-seen-path", path)
+                                .body(Full::new(Bytes::from(opts.name.clone())))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Backend {
+        addr,
+        name,
+        hits,
+        task,
+    }
+}
+
+/// A GET with an empty body.
+pub fn get(uri: &str) -> Request<Empty<Bytes>> {
+    Request::get(uri).body(Empty::new()).unwrap()
+}
+
+/// Which backend answered (its `x-backend` header).
+pub fn backend_of<B>(rsp: &Response<B>) -> String {
+    rsp.headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_owned()
+}
+
+/// Polls `check` every 20 ms until it holds or `within` passes; returns whether it held.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn trace() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
