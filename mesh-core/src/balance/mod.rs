@@ -439,7 +439,11 @@ fn dispatch<S, Req>(
 where
     S: Service<Req> + Clone,
 {
-    tracing::debug!(service = %shared.service, endpoint = %slot.endpoint.addr, "endpoint selected");
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        // Fill in the request span's `endpoint` field, if the caller opened one.
+        tracing::Span::current().record("endpoint", tracing::field::display(slot.endpoint.addr));
+        tracing::debug!(service = %shared.service, endpoint = %slot.endpoint.addr, "endpoint selected");
+    }
     let in_flight = InFlight::new(slot.clone(), shared, start);
     ResponseFuture::called(Oneshot::new(slot.service.clone(), req), in_flight)
 }

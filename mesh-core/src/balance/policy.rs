@@ -6,9 +6,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::ring::DEFAULT_MIN_RING_SIZE;
 
-/// Initial latency estimate of a new endpoint under P2C Peak-EWMA: 30 ms, linkerd2-proxy's
-/// outbound default (`EWMA_DEFAULT_RTT`). Pessimistic on purpose: a new endpoint is tried, but
-/// does not take all traffic before its latency is known.
+/// Initial latency estimate of a service's first endpoints under P2C Peak-EWMA: 30 ms,
+/// linkerd2-proxy's outbound default (`EWMA_DEFAULT_RTT`). Endpoints that join later start at
+/// the mean estimate of those already serving.
 pub const DEFAULT_EWMA_RTT: Duration = Duration::from_millis(30);
 
 /// Decay period of the Peak-EWMA estimate: 10 s, linkerd2-proxy's outbound default

@@ -1,0 +1,117 @@
+//! Closed-loop load: `concurrency` tasks each send a request, wait for the whole response, and
+//! send the next, until the time is up (or a per-task request cap, so a loop that fails fast
+//! stays bounded too).
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+
+/// At most this many requests per task and run (≈ 2.5 M/s for 60 s at c1: never reached by a
+/// healthy run; it bounds loops whose requests fail instantly).
+const MAX_REQUESTS_PER_TASK: u64 = 150_000_000;
+
+/// Something the load generator sends requests to. `Ok(attempts)` or `Err(reason)` per request;
+/// the response body has been read in full.
+pub trait Target: Send + Sync + 'static {
+    fn send(&self) -> impl Future<Output = Result<(), String>> + Send + 'static;
+}
+
+/// One measured run.
+pub struct Sample {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latency in nanoseconds, successful and failed requests alike.
+    pub hist: Histogram<u64>,
+    /// CPU time of this process (all threads) during the run, plus external processes'.
+    pub cpu: Duration,
+    pub first_error: Option<String>,
+    /// Scenario-specific figures.
+    pub extra: std::collections::BTreeMap<&'static str, f64>,
+}
+
+impl Sample {
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+    pub fn cpu_us_per_req(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64
+    }
+}
+
+/// CPU time (user + system) of this process so far.
+pub fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Runs closed-loop load against `target`; `external_cpu` reports the CPU used by processes the
+/// request path crosses (e.g. a sidecar), sampled before and after.
+pub async fn run<T: Target>(
+    target: Arc<T>,
+    concurrency: usize,
+    duration: Duration,
+    external_cpu: &dyn Fn() -> Duration,
+) -> Sample {
+    let ext0 = external_cpu();
+    let cpu0 = process_cpu();
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1_000, 120_000_000_000, 3)
+                    .expect("valid histogram bounds");
+                let (mut n, mut errors, mut first_error) = (0u64, 0u64, None);
+                while n < MAX_REQUESTS_PER_TASK {
+                    let t0 = Instant::now();
+                    if t0 >= deadline {
+                        break;
+                    }
+                    if let Err(e) = target.send().await {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
+                    hist.saturating_record(t0.elapsed().as_nanos() as u64);
+                    n += 1;
+                }
+                (hist, n, errors, first_error)
+            })
+        })
+        .collect();
+    let mut sample = Sample {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        hist: Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("valid bounds"),
+        cpu: Duration::ZERO,
+        first_error: None,
+        extra: Default::default(),
+    };
+    for t in tasks {
+        let (hist, n, errors, first_error) = t.await.expect("load task panicked");
+        sample.hist.add(&hist).expect("same histogram bounds");
+        sample.requests += n;
+        sample.errors += errors;
+        if sample.first_error.is_none() {
+            sample.first_error = first_error;
+        }
+    }
+    sample.elapsed = start.elapsed();
+    sample.cpu = (process_cpu() - cpu0) + external_cpu().saturating_sub(ext0);
+    sample
+}

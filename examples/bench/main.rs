@@ -1,0 +1,216 @@
+//! mesh's load benchmark: every variant of a scenario in one process, against the same backend,
+//! in interleaved rounds; rows are medians over rounds.
+//!
+//! ```text
+//! cargo run --release --example bench -- <scenario> [--duration SECS] [--rounds N]
+//!     [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...]
+//! ```
+//!
+//! Scenarios:
+//! - `overhead`: `raw` (hyper-util client → backend), `mesh` (mesh client, full default stack →
+//!   backend), `haproxy` (hyper-util client → one HAProxy hop → backend), at concurrency 1 and 32.
+//! - `lb`: four backends, one 10x slower; `p2c-ewma`, `round-robin`, `oracle` (the three fast
+//!   ones only), concurrency 16.
+//!
+//! The backend, the load generator and the client share one tokio runtime with one worker per
+//! core; their CPU is in every variant alike (it dilutes ratios: say so next to them). HAProxy is
+//! a separate process whose CPU is added to `cpu_us_per_req`.
+
+mod backend;
+mod load;
+mod report;
+mod scenarios;
+mod sidecar;
+mod targets;
+
+use std::{future::Future, path::PathBuf, pin::Pin, process::ExitCode, time::Duration};
+
+use crate::load::Sample;
+
+/// Runs one variant once: (concurrency, warm-up, duration) → the measured sample.
+pub type RunFn = Box<dyn Fn(usize, Duration, Duration) -> Pin<Box<dyn Future<Output = Sample>>>>;
+
+pub struct Variant {
+    pub name: String,
+    pub run: RunFn,
+}
+
+pub struct Opts {
+    scenario: String,
+    duration: Duration,
+    warmup: Duration,
+    rounds: usize,
+    json: Option<PathBuf>,
+    sidecar_kit: PathBuf,
+    /// Only these variants (for profiling one of them); all when empty.
+    only: Vec<String>,
+}
+
+const USAGE: &str = "usage: bench <overhead|lb> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...]";
+
+fn parse_args() -> Result<Opts, String> {
+    let mut args = std::env::args().skip(1);
+    let mut scenario = None;
+    let (mut duration, mut warmup, mut rounds) = (5.0f64, 1.0f64, 3usize);
+    let (mut json, mut kit, mut only) = (None, None, Vec::new());
+    while let Some(a) = args.next() {
+        let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match a.as_str() {
+            "--duration" => {
+                duration = value("--duration")?.parse().map_err(|_| "bad --duration")?
+            }
+            "--warmup" => warmup = value("--warmup")?.parse().map_err(|_| "bad --warmup")?,
+            "--rounds" => rounds = value("--rounds")?.parse().map_err(|_| "bad --rounds")?,
+            "--json" => json = Some(PathBuf::from(value("--json")?)),
+            "--sidecar-kit" => kit = Some(value("--sidecar-kit")?),
+            "--only" => only = value("--only")?.split(',').map(str::to_owned).collect(),
+            "-h" | "--help" => return Err(USAGE.into()),
+            s if s.starts_with('-') => return Err(format!("unknown flag {s}\n{USAGE}")),
+            s => scenario = Some(s.to_owned()),
+        }
+    }
+    let valid = duration > 0.0
+        && duration <= 600.0
+        && (0.0..=60.0).contains(&warmup)
+        && (1..=50).contains(&rounds);
+    if !valid {
+        return Err(
+            "--duration must be in (0, 600], --warmup in [0, 60], --rounds in [1, 50]".into(),
+        );
+    }
+    Ok(Opts {
+        scenario: scenario.ok_or(USAGE)?,
+        duration: Duration::from_secs_f64(duration),
+        warmup: Duration::from_secs_f64(warmup),
+        rounds,
+        json,
+        sidecar_kit: sidecar::kit_dir(kit.as_deref()),
+        only,
+    })
+}
+
+/// Runs every variant at every concurrency for `rounds` rounds, rotating the variant order each
+/// round so that no variant always runs first (or right after the same neighbour).
+async fn rounds(opts: &Opts, variants: &[Variant], concurrencies: &[usize]) -> Vec<report::Row> {
+    let variants: Vec<&Variant> = variants
+        .iter()
+        .filter(|v| opts.only.is_empty() || opts.only.contains(&v.name))
+        .collect();
+    let mut runs = Vec::new();
+    for round in 0..opts.rounds {
+        for &c in concurrencies {
+            let n = variants.len();
+            for k in 0..n {
+                let v = &variants[(round + k) % n];
+                let sample = (v.run)(c, opts.warmup, opts.duration).await;
+                eprintln!(
+                    "round {}/{} {:>14} c{:<3} {:>9.0} rps  p50 {:>7.1} us  p99 {:>8.1} us  cpu {:>6.1} us/req  errors {}{}",
+                    round + 1,
+                    opts.rounds,
+                    v.name,
+                    c,
+                    sample.rps(),
+                    sample.quantile_us(0.5),
+                    sample.quantile_us(0.99),
+                    sample.cpu_us_per_req(),
+                    sample.errors,
+                    sample
+                        .first_error
+                        .as_deref()
+                        .map(|e| format!(" (first: {e})"))
+                        .unwrap_or_default(),
+                );
+                runs.push((v.name.clone(), c, report::Run::from_sample(&sample)));
+            }
+        }
+    }
+    let order: Vec<String> = variants.iter().map(|v| v.name.clone()).collect();
+    report::rows(&runs, &order, concurrencies)
+}
+
+async fn main_async(opts: Opts) -> Result<bool, String> {
+    let (rows, checks, note) = match opts.scenario.as_str() {
+        "overhead" => {
+            let s = scenarios::Overhead::new(&opts).await?;
+            let rows = rounds(&opts, &s.variants, &[1, 32]).await;
+            let checks = scenarios::Overhead::checks(&rows);
+            (
+                rows,
+                checks,
+                "backend, client and load generator share one process and runtime; HAProxy CPU is added to its rows",
+            )
+        }
+        "lb" => {
+            let s = scenarios::Lb::new().await;
+            let rows = rounds(&opts, &s.variants, &[16]).await;
+            let checks = scenarios::Lb::checks(&rows);
+            (
+                rows,
+                checks,
+                "3 backends answer after 1 ms, one after 10 ms; each run starts a new client",
+            )
+        }
+        other => return Err(format!("unknown scenario {other:?}\n{USAGE}")),
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "\nscenario {} — {} round(s) × {:.0} s per variant, {} cores; rows are medians over rounds ({note})\n",
+        opts.scenario,
+        opts.rounds,
+        opts.duration.as_secs_f64(),
+        cores
+    );
+    print!("{}", report::table(&rows));
+    if !checks.is_empty() {
+        println!("\nfigures:\n{}", report::checks_text(&checks));
+    }
+    if let Some(path) = &opts.json {
+        let doc = report::Report {
+            scenario: &opts.scenario,
+            rounds: opts.rounds,
+            duration_s: opts.duration.as_secs_f64(),
+            cores,
+            note,
+            rows: &rows,
+            checks: &checks,
+        };
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(checks.iter().all(|c| c.pass))
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(main_async(opts)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("some figures were missed (see above)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
