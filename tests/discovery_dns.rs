@@ -14,7 +14,7 @@ use common::{Backend, backend_at, backend_of, dns::TestDns, eventually, get};
 use hickory_proto::rr::RecordType;
 use mesh::{
     core::{
-        Mesh,
+        BalanceConfig, LbPolicy, Mesh, ServiceConfig,
         balance::NoEndpointsReason,
         discover::{DnsOptions, DnsResolver, DnsSource, EndpointSource},
     },
@@ -81,7 +81,17 @@ async fn a_records_are_followed_at_their_ttl_and_nxdomain_keeps_the_last_good_se
     let resolver = DnsResolver::with_server(dns.addr, options());
     let source = DnsSource::host(resolver, "reviews.mesh.test.", port);
     let mesh = Mesh::builder()
-        .service(format!("reviews.mesh.test:{port}"), source.clone())
+        .service_with(
+            format!("reviews.mesh.test:{port}"),
+            source.clone(),
+            ServiceConfig {
+                balance: BalanceConfig {
+                    policy: LbPolicy::RoundRobin,
+                    ..BalanceConfig::default()
+                },
+                ..ServiceConfig::default()
+            },
+        )
         .without_dns_fallback()
         .build()
         .unwrap();

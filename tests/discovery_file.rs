@@ -8,7 +8,7 @@ use std::{collections::HashSet, path::Path, time::Duration};
 use common::{Backend, backend, backend_of, eventually, get};
 use mesh::{
     core::{
-        Mesh, ServiceConfig,
+        BalanceConfig, LbPolicy, Mesh, ServiceConfig,
         discover::{DiscoveryError, EndpointSource, FileSource},
         mesh::BuildError,
     },
@@ -48,6 +48,18 @@ async fn answered_by(
     seen
 }
 
+/// Round robin, so that "every endpoint in the set answers within n requests" is certain
+/// (P2C at concurrency 1 rightly prefers the lower-latency endpoint).
+fn round_robin() -> ServiceConfig {
+    ServiceConfig {
+        balance: BalanceConfig {
+            policy: LbPolicy::RoundRobin,
+            ..BalanceConfig::default()
+        },
+        ..ServiceConfig::default()
+    }
+}
+
 fn set(names: &[&str]) -> HashSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -60,7 +72,7 @@ async fn endpoints_are_added_and_removed_live_through_the_file() {
     let path = dir.path().join("endpoints.yaml");
     std::fs::write(&path, endpoints_yaml(&[&a, &b])).unwrap();
     let mesh = Mesh::builder()
-        .endpoints_file(&path, ServiceConfig::default())
+        .endpoints_file(&path, round_robin())
         .without_dns_fallback()
         .build()
         .unwrap();
@@ -99,7 +111,7 @@ async fn invalid_update_is_reported_and_the_last_good_endpoints_stay() {
     std::fs::write(&path, endpoints_yaml(&[&a, &b])).unwrap();
     let source = FileSource::open(&path).unwrap();
     let mesh = Mesh::builder()
-        .service("reviews.test:9080", source.clone())
+        .service_with("reviews.test:9080", source.clone(), round_robin())
         .without_dns_fallback()
         .build()
         .unwrap();

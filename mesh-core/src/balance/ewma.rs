@@ -4,8 +4,17 @@
 //! endpoint keeps an exponentially weighted moving average of its response latency that jumps
 //! to any *higher* sample at once (the peak) and decays toward lower samples over `decay`, and
 //! toward zero while the endpoint goes unused, so a slow endpoint gets a second chance. The load
-//! of an endpoint is `estimate × (in_flight + 1)`. One change, measured: every sample below the
-//! estimate weighs at least [`MIN_SAMPLE_WEIGHT`] (see there why).
+//! of an endpoint is `estimate × (in_flight + 1)`.
+//!
+//! Two changes, both measured in the bench's `lb` scenario:
+//! - every sample below the estimate weighs at least [`MIN_SAMPLE_WEIGHT`] (see there why);
+//! - an endpoint that has not answered yet has no estimate (tower starts it at a constant
+//!   `default_rtt`, 30 ms in Linkerd): p2c compares it by in-flight count alone, using its
+//!   partner's estimate. A constant start either starves new endpoints at low concurrency (30 ms
+//!   loses every comparison against endpoints answering in 100 µs until it decays, about a
+//!   minute with a 10 s decay: in the quickstart demo, one of three endpoints got no request) or,
+//!   if optimistic, floods them; borrowing the partner's estimate gives a new endpoint exactly a
+//!   least-request share until its first response.
 //!
 //! Why not tower's type: `tower::load::PeakEwma` keeps its state behind a `Mutex` in a service
 //! that is not `Clone`, and counts in-flight requests with `Arc::strong_count`, so sharing one
@@ -46,24 +55,24 @@ pub(crate) struct PeakEwma {
 }
 
 impl PeakEwma {
-    pub(crate) fn new(default_rtt: Duration, now_ns: u64) -> Self {
+    /// A state with no latency observed yet.
+    pub(crate) fn new(now_ns: u64) -> Self {
         Self {
-            rtt_ns: AtomicU64::new((default_rtt.as_nanos() as f64).to_bits()),
+            rtt_ns: AtomicU64::new(f64::NAN.to_bits()),
             stamp_ns: AtomicU64::new(now_ns),
             in_flight: AtomicUsize::new(0),
         }
     }
 
-    /// The estimate as of `now_ns`, decayed toward zero for the time since the last update.
-    pub(crate) fn estimate_ns(&self, now_ns: u64, decay_ns: f64) -> f64 {
+    /// The estimate as of `now_ns`, decayed toward zero for the time since the last update;
+    /// `None` before the first response.
+    pub(crate) fn estimate_ns(&self, now_ns: u64, decay_ns: f64) -> Option<f64> {
         let rtt = f64::from_bits(self.rtt_ns.load(Relaxed));
+        if rtt.is_nan() {
+            return None;
+        }
         let elapsed = now_ns.saturating_sub(self.stamp_ns.load(Relaxed)) as f64;
-        rtt * (-elapsed / decay_ns).exp()
-    }
-
-    /// `estimate × (in_flight + 1)`: what p2c compares.
-    pub(crate) fn cost(&self, now_ns: u64, decay_ns: f64) -> f64 {
-        self.estimate_ns(now_ns, decay_ns) * (self.in_flight.load(Relaxed) + 1) as f64
+        Some(rtt * (-elapsed / decay_ns).exp())
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -82,8 +91,8 @@ impl PeakEwma {
     pub(crate) fn observe(&self, rtt: Duration, now_ns: u64, decay_ns: f64) {
         let sample = rtt.as_nanos() as f64;
         let prev = f64::from_bits(self.rtt_ns.load(Relaxed));
-        let next = if prev < sample {
-            // Peak: a worse latency is believed at once.
+        let next = if prev.is_nan() || prev < sample {
+            // First sample, or a peak: a worse latency is believed at once.
             sample
         } else {
             let elapsed = now_ns.saturating_sub(self.stamp_ns.load(Relaxed)) as f64;
@@ -108,20 +117,22 @@ mod tests {
 
     #[test]
     fn peaks_immediately_and_decays_slowly() {
-        let e = PeakEwma::new(Duration::from_millis(30), 0);
+        let e = PeakEwma::new(0);
+        assert_eq!(e.estimate_ns(0, DECAY), None);
+        e.observe(Duration::from_millis(30), 500, DECAY);
         e.observe(Duration::from_millis(100), 1_000, DECAY);
-        assert!((e.estimate_ns(1_000, DECAY) - 100e6).abs() < 1.0);
+        assert!((e.estimate_ns(1_000, DECAY).unwrap() - 100e6).abs() < 1.0);
         // A fast sample 1 s later moves the estimate only part of the way (decay 10 s).
         e.observe(Duration::from_millis(1), 1_000_000_000, DECAY);
-        let est = e.estimate_ns(1_000_000_000, DECAY);
+        let est = e.estimate_ns(1_000_000_000, DECAY).unwrap();
         assert!(est > 80e6 && est < 100e6, "{est}");
         // Unused for a long time, the estimate decays toward zero.
-        assert!(e.estimate_ns(100_000_000_000, DECAY) < 1e6);
+        assert!(e.estimate_ns(100_000_000_000, DECAY).unwrap() < 1e6);
     }
 
     #[test]
     fn a_peak_is_forgotten_after_tens_of_fast_responses() {
-        let e = PeakEwma::new(Duration::from_millis(1), 0);
+        let e = PeakEwma::new(0);
         e.observe(Duration::from_millis(50), 1_000, DECAY);
         // 200 responses of 1 ms, 250 µs apart (4,000/s): pure time decay would keep ~49 ms.
         let mut now = 1_000;
@@ -129,17 +140,16 @@ mod tests {
             now += 250_000;
             e.observe(Duration::from_millis(1), now, DECAY);
         }
-        let est = e.estimate_ns(now, DECAY);
+        let est = e.estimate_ns(now, DECAY).unwrap();
         assert!(est < 2e6, "estimate {est} ns still near the peak");
     }
 
     #[test]
-    fn cost_grows_with_in_flight() {
-        let e = PeakEwma::new(Duration::from_millis(10), 0);
-        let idle = e.cost(0, DECAY);
+    fn counts_in_flight() {
+        let e = PeakEwma::new(0);
         e.start();
         e.start();
-        assert!((e.cost(0, DECAY) - 3.0 * idle).abs() < 1.0);
+        assert_eq!(e.in_flight(), 2);
         e.finish();
         e.finish();
         assert_eq!(e.in_flight(), 0);

@@ -71,7 +71,10 @@ use self::{
 };
 pub use self::{
     future::ResponseFuture,
-    policy::{DEFAULT_EWMA_DECAY, DEFAULT_EWMA_RTT, HeaderKey, InvalidHeaderKey, LbPolicy},
+    policy::{
+        DEFAULT_EWMA_DECAY, DEFAULT_IN_FLIGHT_BIAS, HeaderKey, InFlightBias, InvalidHeaderKey,
+        LbPolicy, MAX_IN_FLIGHT_BIAS,
+    },
     ring::DEFAULT_MIN_RING_SIZE,
 };
 use crate::{
@@ -172,9 +175,9 @@ pub struct EndpointStats {
     pub labels: Labels,
     /// Requests sent and not yet answered.
     pub in_flight: usize,
-    /// The Peak-EWMA latency estimate (kept under every policy).
-    #[serde(with = "crate::duration::serde")]
-    pub ewma_latency: Duration,
+    /// The Peak-EWMA latency estimate (kept under every policy); `None` until it answers.
+    #[serde(with = "crate::duration::serde_opt")]
+    pub ewma_latency: Option<Duration>,
 }
 
 /// A load balancer over one service's endpoints. See the [module docs](self).
@@ -186,7 +189,6 @@ pub(crate) struct Shared<S> {
     service: ServiceName,
     picker: Picker,
     min_ring_size: usize,
-    default_rtt: Duration,
     config: BalanceConfig,
     pub(crate) epoch: Instant,
     pub(crate) decay_ns: f64,
@@ -222,17 +224,22 @@ where
     where
         N: NewEndpoint<S>,
     {
-        let (picker, default_rtt, decay, min_ring_size) = match &config.policy {
-            LbPolicy::P2cPeakEwma { default_rtt, decay } => (
+        let (picker, decay, min_ring_size) = match &config.policy {
+            LbPolicy::P2cPeakEwma {
+                decay,
+                in_flight_bias,
+            } => (
                 Picker::P2c {
                     decay_ns: decay.as_nanos().max(1) as f64,
+                    // Out-of-range values are rejected when configuration is parsed; clamp
+                    // what code builds by hand rather than misbehave.
+                    bias: in_flight_bias.0.clamp(0.0, MAX_IN_FLIGHT_BIAS),
                 },
-                *default_rtt,
                 *decay,
                 0,
             ),
-            LbPolicy::RoundRobin => (Picker::RoundRobin, DEFAULT_EWMA_RTT, DEFAULT_EWMA_DECAY, 0),
-            LbPolicy::Weighted => (Picker::Weighted, DEFAULT_EWMA_RTT, DEFAULT_EWMA_DECAY, 0),
+            LbPolicy::RoundRobin => (Picker::RoundRobin, DEFAULT_EWMA_DECAY, 0),
+            LbPolicy::Weighted => (Picker::Weighted, DEFAULT_EWMA_DECAY, 0),
             LbPolicy::RingHash {
                 header,
                 min_ring_size,
@@ -240,7 +247,6 @@ where
                 Picker::RingHash {
                     header: header.name().clone(),
                 },
-                DEFAULT_EWMA_RTT,
                 DEFAULT_EWMA_DECAY,
                 *min_ring_size,
             ),
@@ -250,7 +256,6 @@ where
             service,
             picker,
             min_ring_size,
-            default_rtt,
             config,
             epoch: Instant::now(),
             decay_ns: decay.as_nanos().max(1) as f64,
@@ -291,9 +296,10 @@ where
                 weight: s.endpoint.weight,
                 labels: s.endpoint.labels.clone(),
                 in_flight: s.load.in_flight(),
-                ewma_latency: Duration::from_nanos(
-                    s.load.estimate_ns(now, self.shared.decay_ns) as u64
-                ),
+                ewma_latency: s
+                    .load
+                    .estimate_ns(now, self.shared.decay_ns)
+                    .map(|ns| Duration::from_nanos(ns as u64)),
             })
             .collect()
     }
@@ -308,20 +314,6 @@ impl<S: Clone> Shared<S> {
         };
         let old = self.table.load();
         let now = nanos_since(self.epoch, Instant::now());
-        // A new endpoint starts at the mean estimate of the endpoints already serving, so that
-        // it is neither flooded (an optimistic zero would win every comparison until its first
-        // response) nor starved (a pessimistic default loses every comparison at low
-        // concurrency until it decays, which takes about a minute with a 10 s decay).
-        let initial_rtt = if old.slots.is_empty() {
-            self.default_rtt
-        } else {
-            let sum: f64 = old
-                .slots
-                .iter()
-                .map(|s| s.load.estimate_ns(now, self.decay_ns))
-                .sum();
-            Duration::from_nanos((sum / old.slots.len() as f64) as u64)
-        };
         let mut slots = Vec::with_capacity(set.len());
         for ep in set {
             let prev = old
@@ -350,7 +342,7 @@ impl<S: Clone> Shared<S> {
                 None => {
                     tracing::debug!(service = %self.service, endpoint = %ep.addr,
                         weight = ep.weight, labels = ?ep.labels, "endpoint added");
-                    let load = PeakEwma::new(initial_rtt, now);
+                    let load = PeakEwma::new(now);
                     slots.push(Arc::new(Slot {
                         endpoint: ep.clone(),
                         service: new_endpoint.new_endpoint(ep),

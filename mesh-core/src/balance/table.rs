@@ -27,7 +27,7 @@ pub(crate) struct Slot<S> {
 /// The compiled policy.
 #[derive(Clone, Debug)]
 pub(crate) enum Picker {
-    P2c { decay_ns: f64 },
+    P2c { decay_ns: f64, bias: f64 },
     RoundRobin,
     Weighted,
     RingHash { header: http::HeaderName },
@@ -107,16 +107,26 @@ impl<S> Table<S> {
             return self.slots.first();
         }
         let i = match picker {
-            Picker::P2c { decay_ns } => {
+            Picker::P2c { decay_ns, bias } => {
                 let a = fastrand::usize(..n);
                 let mut b = fastrand::usize(..n - 1);
                 if b >= a {
                     b += 1;
                 }
-                let (ca, cb) = (
-                    self.slots[a].load.cost(now_ns, *decay_ns),
-                    self.slots[b].load.cost(now_ns, *decay_ns),
-                );
+                let (la, lb) = (&self.slots[a].load, &self.slots[b].load);
+                // An endpoint with no response yet borrows its partner's estimate, so the two
+                // are compared by in-flight requests alone (see ewma.rs).
+                let (ea, eb) = match (
+                    la.estimate_ns(now_ns, *decay_ns),
+                    lb.estimate_ns(now_ns, *decay_ns),
+                ) {
+                    (Some(x), Some(y)) => (x, y),
+                    (Some(x), None) => (x, x),
+                    (None, Some(y)) => (y, y),
+                    (None, None) => (1.0, 1.0),
+                };
+                let ca = ea * penalty(la.in_flight(), *bias);
+                let cb = eb * penalty(lb.in_flight(), *bias);
                 if cb < ca { b } else { a }
             }
             Picker::RoundRobin => self.cursor.fetch_add(1, Relaxed) % n,
@@ -132,6 +142,12 @@ impl<S> Table<S> {
         };
         self.slots.get(i)
     }
+}
+
+/// `(in_flight + 1)^bias`: Envoy's `active_request_bias` applied to the Peak-EWMA cost.
+fn penalty(in_flight: usize, bias: f64) -> f64 {
+    let n = (in_flight + 1) as f64;
+    if bias == 1.0 { n } else { n.powf(bias) }
 }
 
 impl<S> fmt::Debug for Table<S> {
