@@ -1,7 +1,9 @@
-//! # mesh
+#![doc = include_str!("../README.md")]
 //!
-//! An in-process service mesh for Rust. This facade re-exports the crates:
-//! [`core`] (discovery, balancing, policies), [`hyper`] (the meshed hyper client) and [`tonic`].
+//! ## Crates
+//!
+//! This facade re-exports [`core`] (discovery, balancing, policies), [`hyper`] (the meshed hyper
+//! client) and [`tonic`].
 #![deny(missing_docs)]
 
 pub use mesh_core as core;

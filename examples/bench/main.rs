@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example bench -- <scenario> [--duration SECS] [--rounds N]
 //!     [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...]
+//!     [--concurrency N,...]
 //! ```
 //!
 //! Scenarios:
@@ -44,15 +45,17 @@ pub struct Opts {
     sidecar_kit: PathBuf,
     /// Only these variants (for profiling one of them); all when empty.
     only: Vec<String>,
+    /// Only these concurrencies; the scenario's own when empty.
+    concurrency: Vec<usize>,
 }
 
-const USAGE: &str = "usage: bench <overhead|lb> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...]";
+const USAGE: &str = "usage: bench <overhead|lb> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...] [--concurrency N,...]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     let mut scenario = None;
     let (mut duration, mut warmup, mut rounds) = (5.0f64, 1.0f64, 3usize);
-    let (mut json, mut kit, mut only) = (None, None, Vec::new());
+    let (mut json, mut kit, mut only, mut concurrency) = (None, None, Vec::new(), Vec::new());
     while let Some(a) = args.next() {
         let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
         match a.as_str() {
@@ -64,6 +67,12 @@ fn parse_args() -> Result<Opts, String> {
             "--json" => json = Some(PathBuf::from(value("--json")?)),
             "--sidecar-kit" => kit = Some(value("--sidecar-kit")?),
             "--only" => only = value("--only")?.split(',').map(str::to_owned).collect(),
+            "--concurrency" => {
+                concurrency = value("--concurrency")?
+                    .split(',')
+                    .map(|c| c.parse().map_err(|_| "bad --concurrency"))
+                    .collect::<Result<_, _>>()?
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with('-') => return Err(format!("unknown flag {s}\n{USAGE}")),
             s => scenario = Some(s.to_owned()),
@@ -86,12 +95,18 @@ fn parse_args() -> Result<Opts, String> {
         json,
         sidecar_kit: sidecar::kit_dir(kit.as_deref()),
         only,
+        concurrency,
     })
 }
 
 /// Runs every variant at every concurrency for `rounds` rounds, rotating the variant order each
 /// round so that no variant always runs first (or right after the same neighbour).
 async fn rounds(opts: &Opts, variants: &[Variant], concurrencies: &[usize]) -> Vec<report::Row> {
+    let concurrencies = if opts.concurrency.is_empty() {
+        concurrencies
+    } else {
+        &opts.concurrency[..]
+    };
     let variants: Vec<&Variant> = variants
         .iter()
         .filter(|v| opts.only.is_empty() || opts.only.contains(&v.name))

@@ -157,13 +157,29 @@ where
 
     /// Sends a request (the same call as hyper-util's `Client::request`).
     pub fn request(&self, mut req: Request<B>) -> ResponseFuture<B> {
-        let dest = match self.destination(&mut req) {
-            Ok(d) => d,
+        if let Err(e) = prepare(&mut req) {
+            tracing::debug!(error = %e, "request not routable");
+            return ResponseFuture::failed(e);
+        }
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .unwrap_or_default();
+        // Fast path: a known authority, routed under the map's guard (no reference counting).
+        if let Some(dest) = self.inner.by_authority.load().get(authority) {
+            return Self::route(dest, req);
+        }
+        match self.destination(authority) {
+            Ok(dest) => Self::route(&dest, req),
             Err(e) => {
                 tracing::debug!(error = %e, "request not routable");
-                return ResponseFuture::failed(e);
+                ResponseFuture::failed(e)
             }
-        };
+        }
+    }
+
+    fn route(dest: &Dest<B>, req: Request<B>) -> ResponseFuture<B> {
         let span = tracing::debug_span!("mesh", service = %dest.name,
             endpoint = tracing::field::Empty, attempt = 1u32);
         let fut = {
@@ -180,28 +196,10 @@ where
         by_name.get(service).map(|d| d.balancer.endpoints())
     }
 
-    fn destination(&self, req: &mut Request<B>) -> Result<Arc<Dest<B>>, Error> {
-        if req.uri().authority().is_none() {
-            // Origin form (`/path` + Host): hyper-util needs an absolute URI.
-            let host = req
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .ok_or(Error::MissingAuthority)?;
-            *req.uri_mut() = absolutize(req.uri(), host)?;
-        }
-        let uri = req.uri();
-        let default_port = match uri.scheme() {
-            None => 80,
-            Some(s) if *s == Scheme::HTTP => 80,
-            Some(s) => return Err(Error::UnsupportedScheme(s.to_string())),
-        };
-        let authority = uri.authority().ok_or(Error::MissingAuthority)?.as_str();
-        if let Some(d) = self.inner.by_authority.load().get(authority) {
-            return Ok(d.clone());
-        }
-        let name = ServiceName::from_authority(authority, default_port)
-            .map_err(|e| Error::Resolve(e.into()))?;
+    /// Finds or builds the destination of an authority not seen before.
+    fn destination(&self, authority: &str) -> Result<Arc<Dest<B>>, Error> {
+        let name =
+            ServiceName::from_authority(authority, 80).map_err(|e| Error::Resolve(e.into()))?;
         let mut by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
         let dest = match by_name.get(&name) {
             Some(d) => d.clone(),
@@ -310,9 +308,28 @@ impl<B: RequestBody> Future for ResponseFuture<B> {
     }
 }
 
+/// Checks the scheme and makes an origin-form request (`/path` + `Host`) absolute, as
+/// hyper-util's client requires.
+fn prepare<B>(req: &mut Request<B>) -> Result<(), Error> {
+    match req.uri().scheme() {
+        None => {}
+        Some(s) if *s == Scheme::HTTP => {}
+        Some(s) => return Err(Error::UnsupportedScheme(s.to_string())),
+    }
+    if req.uri().authority().is_none() {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .ok_or(Error::MissingAuthority)?;
+        *req.uri_mut() = absolutize(req.uri(), host)?;
+    }
+    Ok(())
+}
+
 /// Builds an absolute `http://` URI for a request that only has a path (origin form) and a
-/// `Host` header, as hyper-util's client requires absolute URIs.
-pub(crate) fn absolutize(uri: &Uri, host: &str) -> Result<Uri, Error> {
+/// `Host` header.
+fn absolutize(uri: &Uri, host: &str) -> Result<Uri, Error> {
     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     Uri::builder()
         .scheme("http")
