@@ -374,3 +374,19 @@ async fn balancer_reports_endpoint_load() {
         assert!(ewma < Duration::from_secs(1), "{s:?}");
     }
 }
+
+#[tokio::test]
+async fn client_composes_with_tower_service_builder() {
+    use tower::{ServiceBuilder, ServiceExt};
+    let a = backend("a").await;
+    let client = client_for(
+        StaticSource::new(endpoints(&[&a])).unwrap(),
+        ServiceConfig::default(),
+    );
+    let svc = ServiceBuilder::new()
+        .concurrency_limit(4)
+        .timeout(Duration::from_secs(5))
+        .service(client);
+    let rsp = svc.oneshot(get("http://reviews.test:9080/")).await.unwrap();
+    assert_eq!(backend_of(&rsp), "a");
+}
