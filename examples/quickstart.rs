@@ -53,11 +53,11 @@ async fn spread(client: &MeshClient<Empty<Bytes>>, n: usize) -> BTreeMap<String,
                 let req = Request::get("http://reviews.default:9080/reviews/1")
                     .body(Empty::new())
                     .expect("valid request");
-                client.request(req)
+                tokio::spawn(client.request(req))
             })
             .collect();
-        for fut in batch {
-            let who = match fut.await {
+        for task in batch {
+            let who = match task.await.expect("request task") {
                 Ok(rsp) => {
                     let body = rsp.into_body().collect().await.expect("body").to_bytes();
                     String::from_utf8_lossy(&body).into_owned()

@@ -42,7 +42,8 @@ fn client_for(
     MeshClient::new(mesh)
 }
 
-/// Sends `n` requests, `concurrency` at a time, and counts answers per backend.
+/// Sends `n` requests, `concurrency` at a time (each batch in flight together), and counts
+/// answers per backend.
 async fn spread(
     client: &MeshClient<http_body_util::Empty<bytes::Bytes>>,
     n: usize,
@@ -53,10 +54,10 @@ async fn spread(
     let mut i = 0;
     while i < n {
         let batch: Vec<_> = (i..(i + concurrency).min(n))
-            .map(|k| client.request(make(k)))
+            .map(|k| tokio::spawn(client.request(make(k))))
             .collect();
-        for fut in batch {
-            let rsp = fut.await.expect("request succeeds");
+        for task in batch {
+            let rsp = task.await.unwrap().expect("request succeeds");
             assert_eq!(rsp.status(), 200);
             *counts.entry(backend_of(&rsp)).or_insert(0) += 1;
         }
@@ -73,9 +74,10 @@ async fn p2c_spreads_requests_over_all_endpoints() {
         ServiceConfig::default(),
     );
     let counts = spread(&client, 900, 9, |_| get("http://reviews.test:9080/")).await;
+    let stats = client.endpoints(&"reviews.test:9080".parse().unwrap());
     for name in ["a", "b", "c"] {
         let n = counts.get(name).copied().unwrap_or(0);
-        assert!(n >= 90, "backend {name} got {n} of 900: {counts:?}");
+        assert!(n >= 90, "backend {name} got {n} of 900: {counts:?} {stats:#?}");
     }
 }
 

@@ -53,6 +53,8 @@ pub enum FailureKind {
     Refused,
     /// No endpoint was available; nothing was sent.
     NoEndpoints,
+    /// Refused locally (load shed, rate limited, circuit open); nothing was sent.
+    Local,
     /// The request timed out; the server may have processed it.
     Timeout,
     /// The server answered with a failure status (HTTP status code, or gRPC status code).
@@ -67,7 +69,7 @@ impl FailureKind {
     pub fn is_unprocessed(&self) -> bool {
         matches!(
             self,
-            FailureKind::Connect | FailureKind::Refused | FailureKind::NoEndpoints
+            FailureKind::Connect | FailureKind::Refused | FailureKind::NoEndpoints | FailureKind::Local
         )
     }
 }
@@ -78,6 +80,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Connect => f.write_str("connect failure"),
             FailureKind::Refused => f.write_str("refused before processing"),
             FailureKind::NoEndpoints => f.write_str("no endpoints"),
+            FailureKind::Local => f.write_str("refused locally"),
             FailureKind::Timeout => f.write_str("timeout"),
             FailureKind::Status(s) => write!(f, "status {s}"),
             FailureKind::Other => f.write_str("request failure"),
@@ -89,4 +92,24 @@ impl fmt::Display for FailureKind {
 pub trait Classify<T, E> {
     /// The class of one result.
     fn classify(&self, result: Result<&T, &E>) -> ResponseClass;
+}
+
+/// The default classifier where a protocol gives none: every error is a failure
+/// ([`FailureKind::Other`]), every response a success.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ErrorsFail;
+
+impl<T, E> Classify<T, E> for ErrorsFail {
+    fn classify(&self, result: Result<&T, &E>) -> ResponseClass {
+        match result {
+            Ok(_) => ResponseClass::Success,
+            Err(_) => ResponseClass::Failure(FailureKind::Other),
+        }
+    }
+}
+
+impl<T, E, C: Classify<T, E>> Classify<T, E> for std::sync::Arc<C> {
+    fn classify(&self, result: Result<&T, &E>) -> ResponseClass {
+        (**self).classify(result)
+    }
 }

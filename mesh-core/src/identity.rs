@@ -157,6 +157,12 @@ impl SpiffeId {
     }
 }
 
+/// The verified identity of the peer of an incoming request, put in request extensions by the
+/// server's TLS acceptor (`None`: plaintext, or a client without a certificate). Authorization
+/// and per-caller rate limits read it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerIdentity(pub Option<SpiffeId>);
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();

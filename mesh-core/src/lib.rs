@@ -27,7 +27,15 @@ pub mod endpoint;
 pub mod identity;
 pub mod mesh;
 pub mod name;
+pub mod outlier;
+mod policy_error;
+pub mod deadline;
+pub mod timeout;
+pub mod retry;
+pub mod limit;
+pub mod breaker;
 
+pub use self::policy_error::PolicyError;
 pub use self::{
     balance::{BalanceConfig, Balancer, LbPolicy, NoEndpoints},
     endpoint::{Endpoint, EndpointSet, Labels},

@@ -40,6 +40,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     ServiceName,
     balance::BalanceConfig,
+    breaker::BreakerPolicy,
+    limit::LimitPolicy,
+    policy_error::PolicyError,
+    retry::RetryPolicy,
     discover::{
         DiscoveryError, DnsOptions, DnsResolver, DnsSource, EndpointSource, FileSource,
         StaticSource, Subscription,
@@ -61,14 +65,39 @@ pub enum Protocol {
     Http2,
 }
 
-/// Policies of one destination service.
+/// Policies of one destination service. Every field has a default; see each type.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceConfig {
-    /// Load balancing.
+    /// Load balancing and outlier ejection.
     pub balance: BalanceConfig,
     /// HTTP version to the endpoints.
     pub protocol: Protocol,
+    /// Overall request timeout (none by default, as in Istio and Linkerd).
+    #[serde(with = "crate::duration::serde_opt")]
+    pub timeout: Option<std::time::Duration>,
+    /// Retries, budget, hedging.
+    pub retries: RetryPolicy,
+    /// Concurrency, queue and rate limits.
+    pub limits: LimitPolicy,
+    /// A service-level circuit breaker (off by default).
+    pub breaker: Option<BreakerPolicy>,
+}
+
+impl ServiceConfig {
+    /// Checks every policy; the error names the field (`retries.budget.ttl`).
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        self.balance.validate().map_err(|e| e.within("balance"))?;
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(PolicyError::new("timeout", "must be greater than zero"));
+        }
+        self.retries.validate().map_err(|e| e.within("retries"))?;
+        self.limits.validate().map_err(|e| e.within("limits"))?;
+        if let Some(b) = &self.breaker {
+            b.validate().map_err(|e| e.within("breaker"))?;
+        }
+        Ok(())
+    }
 }
 
 /// A service resolved for use: its name, policies and endpoints.
@@ -265,6 +294,14 @@ pub enum BuildError {
     /// An endpoints file could not be loaded.
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    /// A service's policies are invalid.
+    #[error("service {service:?}: {error}")]
+    Policy {
+        /// The service (or `defaults`).
+        service: String,
+        /// The invalid field.
+        error: PolicyError,
+    },
 }
 
 impl MeshBuilder {
@@ -322,10 +359,21 @@ impl MeshBuilder {
         self
     }
 
-    /// Validates names and loads endpoint files.
+    /// Validates names and policies, and loads endpoint files.
     pub fn build(self) -> Result<Mesh, BuildError> {
+        let policy = |service: &str, config: &ServiceConfig| {
+            config.validate().map_err(|error| BuildError::Policy {
+                service: service.to_owned(),
+                error,
+            })
+        };
+        policy("defaults", &self.defaults)?;
+        for (path, config) in &self.files {
+            policy(&path.display().to_string(), config)?;
+        }
         let mut services = HashMap::new();
         for (name, entry) in self.services {
+            policy(&name, &entry.config)?;
             let name = ServiceName::parse(&name)?;
             if services.insert(name.clone(), entry).is_some() {
                 return Err(BuildError::Duplicate(name));

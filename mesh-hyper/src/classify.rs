@@ -8,7 +8,10 @@
 //! | status ≥ 500 | `Failure(Status(code))` |
 //! | connect error (refused, unreachable, connect timeout) | `Failure(Connect)` — never reached the server |
 //! | HTTP/2 `REFUSED_STREAM` | `Failure(Refused)` — never processed |
+//! | HTTP/2 `GOAWAY` (graceful) before the stream was processed | `Failure(Refused)` |
 //! | no endpoints | `Failure(NoEndpoints)` |
+//! | timeout (request or attempt) | `Failure(Timeout)` |
+//! | shed, rate limited, circuit open | `Failure(Local)` — refused before sending |
 //! | any other error | `Failure(Other)` |
 //!
 //! ```
@@ -51,19 +54,25 @@ pub(crate) fn failure_kind(e: &Error) -> FailureKind {
         Error::NoEndpoints(_) => FailureKind::NoEndpoints,
         Error::Request { source, .. } if refused_stream(source) => FailureKind::Refused,
         Error::Request { .. } => FailureKind::Other,
-        // Routing errors: the request was never sent anywhere.
-        Error::MissingAuthority | Error::UnsupportedScheme(_) | Error::Resolve(_) => {
-            FailureKind::NoEndpoints
-        }
+        Error::TimedOut(_) => FailureKind::Timeout,
+        Error::Overloaded(_) | Error::RateLimited(_) | Error::CircuitOpen(_) => FailureKind::Local,
+        // Routing and configuration errors: the request was never sent anywhere.
+        Error::MissingAuthority
+        | Error::UnsupportedScheme(_)
+        | Error::Resolve(_)
+        | Error::Policy { .. } => FailureKind::NoEndpoints,
     }
 }
 
-/// Whether an HTTP/2 peer refused the stream (`REFUSED_STREAM`), i.e. did not process it.
+/// Whether an HTTP/2 peer did not process the stream: it refused it (`REFUSED_STREAM`), or a
+/// graceful `GOAWAY` (`NO_ERROR`) arrived whose last stream id is below it (h2 fails exactly
+/// those streams with the remote GOAWAY's error; streams the server kept finish normally).
 fn refused_stream(e: &(dyn StdError + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR));
         }
         cur = err.source();
     }

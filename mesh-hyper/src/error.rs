@@ -2,7 +2,13 @@
 
 use std::{error::Error as StdError, net::SocketAddr};
 
-use mesh_core::{NoEndpoints, ServiceName, mesh::ResolveError};
+use mesh_core::{
+    NoEndpoints, PolicyError, ServiceName,
+    breaker::CircuitOpen,
+    limit::{Overloaded, RateLimited},
+    mesh::ResolveError,
+    timeout::TimedOut,
+};
 
 /// Why a meshed request failed. Every variant names the service (and the endpoint, once one was
 /// chosen), so a log line alone says where the problem is.
@@ -22,6 +28,26 @@ pub enum Error {
     /// The service has no endpoint to send to.
     #[error(transparent)]
     NoEndpoints(#[from] NoEndpoints),
+    /// The request (or its last attempt) timed out.
+    #[error(transparent)]
+    TimedOut(#[from] TimedOut),
+    /// Shed: the destination is at its concurrency limit and its queue is full.
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
+    /// The destination's client-side rate limit was reached.
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
+    /// The destination's circuit breaker is open.
+    #[error(transparent)]
+    CircuitOpen(#[from] CircuitOpen),
+    /// A service's policies could not be applied.
+    #[error("service {service:?}: invalid policy: {error}")]
+    Policy {
+        /// The service.
+        service: ServiceName,
+        /// The invalid field.
+        error: PolicyError,
+    },
     /// No connection to the chosen endpoint could be made; the request was not sent.
     #[error("connecting to {endpoint} for service {service:?} failed: {source}")]
     Connect {

@@ -6,15 +6,20 @@
 //! toward zero while the endpoint goes unused, so a slow endpoint gets a second chance. The load
 //! of an endpoint is `estimate × (in_flight + 1)`.
 //!
-//! Two changes, both measured in the bench's `lb` scenario:
+//! Three changes, measured in the bench's `lb` scenario and the spread tests:
 //! - every sample below the estimate weighs at least [`MIN_SAMPLE_WEIGHT`] (see there why);
-//! - an endpoint that has not answered yet has no estimate (tower starts it at a constant
-//!   `default_rtt`, 30 ms in Linkerd): p2c compares it by in-flight count alone, using its
-//!   partner's estimate. A constant start either starves new endpoints at low concurrency (30 ms
+//! - a peak can at most double the estimate per answer ([`MAX_PEAK_STEP`]);
+//! - an endpoint has no estimate until it has answered [`WARMUP_SAMPLES`] times (tower starts
+//!   it at a constant `default_rtt`, 30 ms in Linkerd): until then p2c compares it by in-flight
+//!   count alone, using its partner's estimate, and the estimate it starts with is the *fastest*
+//!   of those first answers (optimistic: the next slower answer raises it at once, as a peak,
+//!   while a pessimistic start would only come down over the decay time). A constant start either starves new endpoints at low concurrency (30 ms
 //!   loses every comparison against endpoints answering in 100 µs until it decays, about a
 //!   minute with a 10 s decay: in the quickstart demo, one of three endpoints got no request) or,
-//!   if optimistic, floods them; borrowing the partner's estimate gives a new endpoint exactly a
-//!   least-request share until its first response.
+//!   if optimistic, floods them; starting from the first answer alone would make endpoints whose
+//!   first answers paid for TCP connects (10–50x the steady latency on loopback) look slow.
+//!   Borrowing the partner's estimate gives a new endpoint a least-request share for its first
+//!   answers.
 //!
 //! Why not tower's type: `tower::load::PeakEwma` keeps its state behind a `Mutex` in a service
 //! that is not `Clone`, and counts in-flight requests with `Arc::strong_count`, so sharing one
@@ -44,9 +49,23 @@ use std::{
 /// second with the 10 s decay) the time-based weight is larger and the behaviour is tower's.
 const MIN_SAMPLE_WEIGHT: f64 = 0.03;
 
+/// The most one answer can multiply the estimate by. Peaks are believed at once, but a single
+/// outlier (a scheduler hiccup, a reconnect: 10–50x the usual latency on loopback) cannot make
+/// an endpoint look so slow that p2c stops sending to it: an endpoint that gets no requests gets
+/// no answers to correct its estimate, which then decays by time alone (at concurrency 9 over
+/// three 150 µs endpoints, a single 1.5 ms answer would keep one out of rotation for about 12 s
+/// with a 10 s decay). A truly slower endpoint reaches its latency within a few answers (×2
+/// each); the `lb` figures were measured with this step.
+const MAX_PEAK_STEP: f64 = 2.0;
+
+/// Answers an endpoint gives before it has an estimate of its own (see the module docs).
+pub(crate) const WARMUP_SAMPLES: u32 = 10;
+
 /// Per-endpoint latency estimate and in-flight count.
 #[derive(Debug)]
 pub(crate) struct PeakEwma {
+    /// Answers seen, up to [`WARMUP_SAMPLES`].
+    samples: std::sync::atomic::AtomicU32,
     /// The estimate in nanoseconds, as `f64` bits.
     rtt_ns: AtomicU64,
     /// When the estimate was last updated, in nanoseconds since the balancer's epoch.
@@ -58,6 +77,7 @@ impl PeakEwma {
     /// A state with no latency observed yet.
     pub(crate) fn new(now_ns: u64) -> Self {
         Self {
+            samples: std::sync::atomic::AtomicU32::new(0),
             rtt_ns: AtomicU64::new(f64::NAN.to_bits()),
             stamp_ns: AtomicU64::new(now_ns),
             in_flight: AtomicUsize::new(0),
@@ -65,12 +85,12 @@ impl PeakEwma {
     }
 
     /// The estimate as of `now_ns`, decayed toward zero for the time since the last update;
-    /// `None` before the first response.
+    /// `None` during the warm-up.
     pub(crate) fn estimate_ns(&self, now_ns: u64, decay_ns: f64) -> Option<f64> {
-        let rtt = f64::from_bits(self.rtt_ns.load(Relaxed));
-        if rtt.is_nan() {
+        if self.samples.load(Relaxed) < WARMUP_SAMPLES {
             return None;
         }
+        let rtt = f64::from_bits(self.rtt_ns.load(Relaxed));
         let elapsed = now_ns.saturating_sub(self.stamp_ns.load(Relaxed)) as f64;
         Some(rtt * (-elapsed / decay_ns).exp())
     }
@@ -91,9 +111,14 @@ impl PeakEwma {
     pub(crate) fn observe(&self, rtt: Duration, now_ns: u64, decay_ns: f64) {
         let sample = rtt.as_nanos() as f64;
         let prev = f64::from_bits(self.rtt_ns.load(Relaxed));
-        let next = if prev.is_nan() || prev < sample {
-            // First sample, or a peak: a worse latency is believed at once.
-            sample
+        let n = self.samples.load(Relaxed);
+        let next = if n < WARMUP_SAMPLES {
+            // Warm-up: the fastest of the first answers.
+            self.samples.store(n + 1, Relaxed);
+            if prev.is_nan() { sample } else { prev.min(sample) }
+        } else if prev < sample {
+            // A peak: a worse latency is believed at once — up to double the estimate per answer.
+            sample.min(prev * MAX_PEAK_STEP)
         } else {
             let elapsed = now_ns.saturating_sub(self.stamp_ns.load(Relaxed)) as f64;
             let decay = (-elapsed / decay_ns).exp().min(1.0 - MIN_SAMPLE_WEIGHT);
@@ -115,11 +140,32 @@ mod tests {
 
     const DECAY: f64 = 10e9;
 
+    fn warm(e: &PeakEwma, rtt: Duration) {
+        for _ in 0..WARMUP_SAMPLES {
+            e.observe(rtt, 0, DECAY);
+        }
+    }
+
+    #[test]
+    fn warm_up_takes_the_fastest_of_the_first_answers() {
+        let e = PeakEwma::new(0);
+        e.observe(Duration::from_millis(10), 0, DECAY); // paid for the connect
+        for _ in 1..WARMUP_SAMPLES {
+            assert_eq!(e.estimate_ns(0, DECAY), None);
+            e.observe(Duration::from_millis(1), 0, DECAY);
+        }
+        let est = e.estimate_ns(0, DECAY).unwrap();
+        assert!((est - 1e6).abs() < 1e3, "{est}");
+    }
+
     #[test]
     fn peaks_immediately_and_decays_slowly() {
         let e = PeakEwma::new(0);
         assert_eq!(e.estimate_ns(0, DECAY), None);
-        e.observe(Duration::from_millis(30), 500, DECAY);
+        warm(&e, Duration::from_millis(30));
+        e.observe(Duration::from_millis(100), 1_000, DECAY);
+        // One peak doubles the estimate; a second reaches the sample.
+        assert!((e.estimate_ns(1_000, DECAY).unwrap() - 60e6).abs() < 1.0);
         e.observe(Duration::from_millis(100), 1_000, DECAY);
         assert!((e.estimate_ns(1_000, DECAY).unwrap() - 100e6).abs() < 1.0);
         // A fast sample 1 s later moves the estimate only part of the way (decay 10 s).
@@ -133,7 +179,10 @@ mod tests {
     #[test]
     fn a_peak_is_forgotten_after_tens_of_fast_responses() {
         let e = PeakEwma::new(0);
-        e.observe(Duration::from_millis(50), 1_000, DECAY);
+        warm(&e, Duration::from_millis(1));
+        for _ in 0..6 {
+            e.observe(Duration::from_millis(50), 1_000, DECAY);
+        }
         // 200 responses of 1 ms, 250 µs apart (4,000/s): pure time decay would keep ~49 ms.
         let mut now = 1_000;
         for _ in 0..200 {

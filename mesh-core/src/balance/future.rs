@@ -13,40 +13,61 @@ use tower::util::Oneshot;
 use tower_service::Service;
 
 use super::{Shared, table::Slot};
+use crate::{
+    classify::{Classify, ResponseClass},
+    outlier::HealthState,
+};
 
-/// Counts a request against its endpoint while it is in flight, and feeds its latency into the
-/// endpoint's estimate when the response (head) arrives.
+/// Counts a request against its endpoint while it is in flight; when the response (head)
+/// arrives, feeds its latency into the endpoint's load estimate and its class into the
+/// endpoint's health.
 pub(crate) struct InFlight<S> {
     slot: Arc<Slot<S>>,
     epoch: Instant,
     decay_ns: f64,
     start: Instant,
+    done: bool,
 }
 
 impl<S> InFlight<S> {
-    pub(crate) fn new<T>(slot: Arc<Slot<S>>, shared: &Shared<T>, start: Instant) -> Self {
+    pub(crate) fn new<T, C>(slot: Arc<Slot<S>>, shared: &Shared<T, C>, start: Instant) -> Self {
         slot.load.start();
         Self {
             slot,
             epoch: shared.epoch,
             decay_ns: shared.decay_ns,
             start,
+            done: false,
         }
     }
 
-    fn complete(&self) {
+    fn complete(&mut self, class: ResponseClass) {
+        self.done = true;
         let now = Instant::now();
-        self.slot.load.observe(
-            now.saturating_duration_since(self.start),
-            super::ewma::nanos_since(self.epoch, now),
-            self.decay_ns,
-        );
+        let now_ns = super::ewma::nanos_since(self.epoch, now);
+        let mut rtt = now.saturating_duration_since(self.start);
+        if class.is_failure() {
+            // A failure never makes an endpoint look faster: fast failures (connection refused)
+            // would otherwise attract traffic.
+            if let Some(est) = self.slot.load.estimate_ns(now_ns, self.decay_ns) {
+                rtt = rtt.max(std::time::Duration::from_nanos(est as u64));
+            }
+        }
+        self.slot.load.observe(rtt, now_ns, self.decay_ns);
+        self.slot
+            .outlier
+            .record(self.slot.endpoint.addr, &self.slot.health, class);
     }
 }
 
 impl<S> Drop for InFlight<S> {
     fn drop(&mut self) {
         self.slot.load.finish();
+        if !self.done && self.slot.health.state() == HealthState::Probing {
+            self.slot
+                .outlier
+                .probe_abandoned(self.slot.endpoint.addr, &self.slot.health);
+        }
     }
 }
 
@@ -59,27 +80,28 @@ type BoxResponse<S, Req> = Pin<
 
 pin_project! {
     /// Response future of [`Balancer`](super::Balancer).
-    pub struct ResponseFuture<S: Service<Req>, Req> {
+    pub struct ResponseFuture<S: Service<Req>, Req, C> {
         #[pin]
-        state: State<S, Req>,
+        state: State<S, Req, C>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S: Service<Req>, Req> {
-        Called { #[pin] call: Oneshot<S, Req>, in_flight: Option<InFlight<S>> },
+    enum State<S: Service<Req>, Req, C> {
+        Called { #[pin] call: Oneshot<S, Req>, in_flight: Option<InFlight<S>>, classifier: C },
         Waiting { fut: BoxResponse<S, Req> },
         Failed { error: Option<S::Error> },
     }
 }
 
-impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
-    pub(crate) fn called(call: Oneshot<S, Req>, in_flight: InFlight<S>) -> Self {
+impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
+    pub(crate) fn called(call: Oneshot<S, Req>, in_flight: InFlight<S>, classifier: C) -> Self {
         Self {
             state: State::Called {
                 call,
                 in_flight: Some(in_flight),
+                classifier,
             },
         }
     }
@@ -97,15 +119,23 @@ impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
     }
 }
 
-impl<S: Service<Req>, Req> Future for ResponseFuture<S, Req> {
+impl<S, Req, C> Future for ResponseFuture<S, Req, C>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error>,
+{
     type Output = Result<S::Response, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Called { call, in_flight } => {
+            StateProj::Called {
+                call,
+                in_flight,
+                classifier,
+            } => {
                 let out = ready!(call.poll(cx));
-                if let Some(t) = in_flight.take() {
-                    t.complete();
+                if let Some(mut t) = in_flight.take() {
+                    t.complete(classifier.classify(out.as_ref()));
                 }
                 Poll::Ready(out)
             }

@@ -49,6 +49,7 @@ mod future;
 mod policy;
 mod ring;
 mod table;
+mod tried;
 
 use std::{
     fmt,
@@ -76,11 +77,15 @@ pub use self::{
         LbPolicy, MAX_IN_FLIGHT_BIAS,
     },
     ring::DEFAULT_MIN_RING_SIZE,
+    tried::TriedEndpoints,
 };
 use crate::{
     ServiceName,
+    classify::{Classify, ErrorsFail},
     discover::{DiscoveryError, Snapshot, Subscription},
     endpoint::{Endpoint, Labels},
+    outlier::{Health, HealthState, Outlier, OutlierDetection},
+    policy_error::PolicyError,
 };
 
 /// How long a request waits for a service's discovery to answer for the first time (e.g. the
@@ -100,6 +105,8 @@ pub struct BalanceConfig {
     /// How long a request waits for discovery's first answer ([`DEFAULT_DISCOVERY_TIMEOUT`]).
     #[serde(with = "crate::duration::serde")]
     pub discovery_timeout: Duration,
+    /// Per-endpoint outlier ejection (on by default; `null` turns it off).
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 impl Default for BalanceConfig {
@@ -108,7 +115,23 @@ impl Default for BalanceConfig {
             policy: LbPolicy::default(),
             wait_for_endpoints: Duration::ZERO,
             discovery_timeout: DEFAULT_DISCOVERY_TIMEOUT,
+            outlier_detection: Some(OutlierDetection::default()),
         }
+    }
+}
+
+impl BalanceConfig {
+    /// Checks ranges; the error names the field.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if let Some(od) = &self.outlier_detection {
+            od.validate().map_err(|e| e.within("outlierDetection"))?;
+        }
+        if let LbPolicy::RingHash { min_ring_size, .. } = &self.policy {
+            if *min_ring_size == 0 {
+                return Err(PolicyError::new("policy.minRingSize", "must be at least 1"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -178,14 +201,23 @@ pub struct EndpointStats {
     /// The Peak-EWMA latency estimate (kept under every policy); `None` until it answers.
     #[serde(with = "crate::duration::serde_opt")]
     pub ewma_latency: Option<Duration>,
+    /// In rotation, ejected, or being probed.
+    pub health: HealthState,
+    /// For an ejected endpoint: time until its probe.
+    #[serde(with = "crate::duration::serde_opt")]
+    pub probe_in: Option<Duration>,
+    /// Successes and failures in the success-rate window.
+    pub window: (u64, u64),
 }
 
 /// A load balancer over one service's endpoints. See the [module docs](self).
-pub struct Balancer<S> {
-    shared: Arc<Shared<S>>,
+///
+/// `C` classifies results for outlier ejection (the protocol crates supply one).
+pub struct Balancer<S, C = ErrorsFail> {
+    shared: Arc<Shared<S, C>>,
 }
 
-pub(crate) struct Shared<S> {
+pub(crate) struct Shared<S, C> {
     service: ServiceName,
     picker: Picker,
     min_ring_size: usize,
@@ -195,11 +227,13 @@ pub(crate) struct Shared<S> {
     table: ArcSwap<Table<S>>,
     /// Woken after every table swap, for requests waiting for endpoints.
     updated: Notify,
+    outlier: Arc<Outlier>,
+    classifier: C,
     /// Dropped with the last balancer clone; stops the update task.
     _stop: oneshot::Sender<()>,
 }
 
-impl<S> Clone for Balancer<S> {
+impl<S, C> Clone for Balancer<S, C> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
@@ -207,19 +241,40 @@ impl<S> Clone for Balancer<S> {
     }
 }
 
-impl<S> Balancer<S>
+impl<S> Balancer<S, ErrorsFail>
 where
     S: Clone + Send + Sync + 'static,
 {
     /// A balancer over `service`'s endpoints as `subscription` publishes them; `new_endpoint`
-    /// builds the service for each endpoint. Must be called inside a tokio runtime (a task
-    /// applies discovery changes); outside one, the balancer keeps the endpoints it started with
-    /// and says so in an error event.
+    /// builds the service for each endpoint. Errors count as failures for outlier ejection.
+    /// Must be called inside a tokio runtime (a task applies discovery changes); outside one,
+    /// the balancer keeps the endpoints it started with and says so in an error event.
     pub fn new<N>(
+        service: ServiceName,
+        subscription: Subscription,
+        config: BalanceConfig,
+        new_endpoint: N,
+    ) -> Self
+    where
+        N: NewEndpoint<S>,
+    {
+        Self::with_classifier(service, subscription, config, new_endpoint, ErrorsFail)
+    }
+}
+
+impl<S, C> Balancer<S, C>
+where
+    S: Clone + Send + Sync + 'static,
+    C: Send + Sync + 'static,
+{
+    /// Like [`Balancer::new`], with the protocol's classifier deciding which results are
+    /// failures for outlier ejection.
+    pub fn with_classifier<N>(
         service: ServiceName,
         mut subscription: Subscription,
         config: BalanceConfig,
         new_endpoint: N,
+        classifier: C,
     ) -> Self
     where
         N: NewEndpoint<S>,
@@ -252,15 +307,23 @@ where
             ),
         };
         let (stop_tx, stop_rx) = oneshot::channel();
+        let epoch = Instant::now();
+        let outlier = Arc::new(Outlier::new(
+            service.clone(),
+            config.outlier_detection.clone(),
+            epoch,
+        ));
         let shared = Arc::new(Shared {
             service,
             picker,
             min_ring_size,
             config,
-            epoch: Instant::now(),
+            epoch,
             decay_ns: decay.as_nanos().max(1) as f64,
             table: ArcSwap::from_pointee(Table::unresolved()),
             updated: Notify::new(),
+            outlier,
+            classifier,
             _stop: stop_tx,
         });
         shared.apply(&subscription.snapshot_and_update(), &new_endpoint);
@@ -291,21 +354,28 @@ where
         table
             .slots
             .iter()
-            .map(|s| EndpointStats {
-                addr: s.endpoint.addr,
-                weight: s.endpoint.weight,
-                labels: s.endpoint.labels.clone(),
-                in_flight: s.load.in_flight(),
-                ewma_latency: s
-                    .load
-                    .estimate_ns(now, self.shared.decay_ns)
-                    .map(|ns| Duration::from_nanos(ns as u64)),
+            .map(|s| {
+                let health = s.health.state();
+                EndpointStats {
+                    addr: s.endpoint.addr,
+                    weight: s.endpoint.weight,
+                    labels: s.endpoint.labels.clone(),
+                    in_flight: s.load.in_flight(),
+                    ewma_latency: s
+                        .load
+                        .estimate_ns(now, self.shared.decay_ns)
+                        .map(|ns| Duration::from_nanos(ns as u64)),
+                    health,
+                    probe_in: (health == HealthState::Ejected)
+                        .then(|| Duration::from_nanos(s.health.ejected_until_ns().saturating_sub(now))),
+                    window: self.shared.outlier.window_totals(&s.health),
+                }
             })
             .collect()
     }
 }
 
-impl<S: Clone> Shared<S> {
+impl<S: Clone, C> Shared<S, C> {
     /// Applies a discovery snapshot: a new table that keeps the slots (pools, load) of
     /// endpoints that did not change.
     fn apply(&self, snap: &Snapshot, new_endpoint: &impl NewEndpoint<S>) {
@@ -337,6 +407,8 @@ impl<S: Clone> Shared<S> {
                         endpoint: ep.clone(),
                         service,
                         load: p.load.clone(),
+                        health: p.health.clone(),
+                        outlier: self.outlier.clone(),
                     }));
                 }
                 None => {
@@ -347,6 +419,8 @@ impl<S: Clone> Shared<S> {
                         endpoint: ep.clone(),
                         service: new_endpoint.new_endpoint(ep),
                         load: Arc::new(load),
+                        health: Arc::new(Health::new()),
+                        outlier: self.outlier.clone(),
                     }));
                 }
             }
@@ -358,7 +432,10 @@ impl<S: Clone> Shared<S> {
         {
             tracing::debug!(service = %self.service, endpoint = %gone.endpoint.addr,
                 in_flight = gone.load.in_flight(), "endpoint removed");
+            self.outlier.forget(&gone.health);
         }
+        self.outlier
+            .set_table(slots.iter().map(|s| s.health.clone()).collect());
         if slots.is_empty() {
             tracing::debug!(service = %self.service, error = ?snap.last_error, "service has no endpoints");
         }
@@ -373,7 +450,7 @@ impl<S: Clone> Shared<S> {
     }
 }
 
-impl<S> Shared<S> {
+impl<S, C> Shared<S, C> {
     fn no_endpoints(&self, table: &Table<S>, waited: Duration) -> NoEndpoints {
         let reason = match (&table.last_error, table.resolved) {
             (Some(e), _) => NoEndpointsReason::Discovery(e.clone()),
@@ -397,13 +474,14 @@ impl<S> Shared<S> {
 }
 
 /// Applies discovery snapshots until the balancer or the source goes away.
-async fn follow_discovery<S, N>(
-    shared: Weak<Shared<S>>,
+async fn follow_discovery<S, C, N>(
+    shared: Weak<Shared<S, C>>,
     mut subscription: Subscription,
     new_endpoint: N,
     mut stop: oneshot::Receiver<()>,
 ) where
     S: Clone + Send + Sync + 'static,
+    C: Send + Sync + 'static,
     N: NewEndpoint<S>,
 {
     loop {
@@ -422,14 +500,15 @@ async fn follow_discovery<S, N>(
     }
 }
 
-fn dispatch<S, Req>(
-    shared: &Shared<S>,
+fn dispatch<S, C, Req>(
+    shared: &Shared<S, C>,
     slot: &Arc<Slot<S>>,
     req: Req,
     start: Instant,
-) -> ResponseFuture<S, Req>
+) -> ResponseFuture<S, Req, C>
 where
     S: Service<Req> + Clone,
+    C: Clone,
 {
     if tracing::enabled!(tracing::Level::DEBUG) {
         // Fill in the request span's `endpoint` field, if the caller opened one.
@@ -437,20 +516,25 @@ where
         tracing::debug!(service = %shared.service, endpoint = %slot.endpoint.addr, "endpoint selected");
     }
     let in_flight = InFlight::new(slot.clone(), shared, start);
-    ResponseFuture::called(Oneshot::new(slot.service.clone(), req), in_flight)
+    ResponseFuture::called(
+        Oneshot::new(slot.service.clone(), req),
+        in_flight,
+        shared.classifier.clone(),
+    )
 }
 
-impl<S, B> Service<http::Request<B>> for Balancer<S>
+impl<S, C, B> Service<http::Request<B>> for Balancer<S, C>
 where
     S: Service<http::Request<B>> + Clone + Send + Sync + 'static,
     S::Error: From<NoEndpoints> + Send + 'static,
     S::Response: Send + 'static,
     S::Future: Send + 'static,
+    C: Classify<S::Response, S::Error> + Clone + Send + Sync + 'static,
     B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S, http::Request<B>>;
+    type Future = ResponseFuture<S, http::Request<B>, C>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -461,21 +545,22 @@ where
     }
 }
 
-impl<S> Balancer<S> {
+impl<S, C> Balancer<S, C> {
     /// Sends a request to an endpoint: what [`Service::call`] does, through a shared reference.
-    pub fn route<B>(&self, req: http::Request<B>) -> ResponseFuture<S, http::Request<B>>
+    pub fn route<B>(&self, req: http::Request<B>) -> ResponseFuture<S, http::Request<B>, C>
     where
         S: Service<http::Request<B>> + Clone + Send + Sync + 'static,
         S::Error: From<NoEndpoints> + Send + 'static,
         S::Response: Send + 'static,
         S::Future: Send + 'static,
+        C: Classify<S::Response, S::Error> + Clone + Send + Sync + 'static,
         B: Send + 'static,
     {
         let start = Instant::now();
         let shared = &self.shared;
         let table = shared.table.load();
         let now = nanos_since(shared.epoch, start);
-        if let Some(slot) = table.pick(&shared.picker, req.headers(), now) {
+        if let Some(slot) = shared.pick(&table, &req, now) {
             return dispatch(shared, slot, req, start);
         }
         if shared.wait_bound(&table).is_zero() {
@@ -489,11 +574,7 @@ impl<S> Balancer<S> {
                 notified.as_mut().enable();
                 let table = shared.table.load_full();
                 let now = Instant::now();
-                if let Some(slot) = table.pick(
-                    &shared.picker,
-                    req.headers(),
-                    nanos_since(shared.epoch, now),
-                ) {
+                if let Some(slot) = shared.pick(&table, &req, nanos_since(shared.epoch, now)) {
                     return dispatch(&shared, slot, req, now).await;
                 }
                 let deadline = start + shared.wait_bound(&table);
@@ -508,7 +589,19 @@ impl<S> Balancer<S> {
     }
 }
 
-impl<S> fmt::Debug for Balancer<S> {
+impl<S, C> Shared<S, C> {
+    /// Picks an endpoint for `req` and records it for later attempts of the same request.
+    fn pick<'t, B>(&self, table: &'t Table<S>, req: &http::Request<B>, now: u64) -> Option<&'t Arc<Slot<S>>> {
+        let tried = req.extensions().get::<TriedEndpoints>();
+        let slot = table.pick(&self.picker, req.headers(), now, &self.outlier, tried)?;
+        if let Some(t) = tried {
+            t.record(slot.endpoint.addr);
+        }
+        Some(slot)
+    }
+}
+
+impl<S, C> fmt::Debug for Balancer<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balancer")
             .field("service", &self.shared.service)

@@ -45,13 +45,22 @@ impl Ring {
     }
 
     /// The endpoint index owning `key`'s point.
+    #[cfg(test)]
     pub(crate) fn lookup(&self, key: u64) -> Option<usize> {
-        if self.points.is_empty() {
+        self.lookup_where(key, |_| true)
+    }
+
+    /// The first endpoint clockwise from `key`'s point that `allowed` accepts (ejected or
+    /// already tried endpoints are passed over, keeping the rest of the keys where they are).
+    pub(crate) fn lookup_where(&self, key: u64, allowed: impl Fn(usize) -> bool) -> Option<usize> {
+        let len = self.points.len();
+        if len == 0 {
             return None;
         }
-        let i = self.points.partition_point(|(p, _)| *p < key);
-        let (_, idx) = self.points[if i == self.points.len() { 0 } else { i }];
-        Some(idx as usize)
+        let start = self.points.partition_point(|(p, _)| *p < key);
+        (0..len)
+            .map(|k| self.points[(start + k) % len].1 as usize)
+            .find(|&idx| allowed(idx))
     }
 }
 

@@ -12,16 +12,23 @@ use std::{
 use super::{
     ewma::PeakEwma,
     ring::{Ring, hash},
+    tried::TriedEndpoints,
 };
-use crate::{discover::DiscoveryError, endpoint::Endpoint};
+use crate::{
+    discover::DiscoveryError,
+    endpoint::Endpoint,
+    outlier::{Health, Outlier},
+};
 
-/// An endpoint with its client and its load.
+/// An endpoint with its client, its load and its health.
 pub(crate) struct Slot<S> {
     pub(crate) endpoint: Endpoint,
     pub(crate) service: S,
     /// Shared with the slot this one replaced, when an endpoint's metadata changed, so
     /// in-flight requests keep counting against the same state.
     pub(crate) load: Arc<PeakEwma>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) outlier: Arc<Outlier>,
 }
 
 /// The compiled policy.
@@ -37,7 +44,7 @@ pub(crate) struct Table<S> {
     /// Whether discovery has answered at least once.
     pub(crate) resolved: bool,
     pub(crate) slots: Box<[Arc<Slot<S>>]>,
-    /// Round-robin cursor (also the fallback for ring hash without a key).
+    /// Round-robin cursor.
     cursor: AtomicUsize,
     /// Prefix sums of weights, for `Weighted`.
     cumulative: Box<[u64]>,
@@ -95,31 +102,76 @@ impl<S> Table<S> {
         }
     }
 
-    /// Chooses an endpoint for a request, or `None` when there is none.
+    /// Chooses an endpoint for a request, or `None` when there is none. Ejected endpoints are
+    /// skipped (one whose ejection is over gets this request as its probe), and so are endpoints
+    /// an earlier attempt of the same request used, while others are left.
     pub(crate) fn pick(
         &self,
         picker: &Picker,
         headers: &http::HeaderMap,
         now_ns: u64,
+        outlier: &Outlier,
+        tried: Option<&TriedEndpoints>,
     ) -> Option<&Arc<Slot<S>>> {
         let n = self.slots.len();
-        if n <= 1 {
-            return self.slots.first();
+        let tried = tried.filter(|t| !t.is_empty());
+        if n <= 1 || (!outlier.any_ejected() && tried.is_none()) {
+            // The fast path: every endpoint is a candidate.
+            return match n {
+                0 => None,
+                1 => self.slots.first(),
+                _ => self.slots.get(self.choose(picker, headers, now_ns, None)),
+            };
         }
-        let i = match picker {
+        let untried = |s: &Slot<S>| tried.is_none_or(|t| !t.contains(&s.endpoint.addr));
+        if outlier.any_ejected() {
+            if let Some(probe) = self
+                .slots
+                .iter()
+                .find(|s| untried(s) && s.health.try_probe(now_ns))
+            {
+                return Some(probe);
+            }
+        }
+        let mut subset: Vec<usize> = (0..n)
+            .filter(|&i| self.slots[i].health.is_active() && untried(&self.slots[i]))
+            .collect();
+        if subset.is_empty() {
+            // Everything left was tried already: any endpoint in rotation will do.
+            subset = (0..n).filter(|&i| self.slots[i].health.is_active()).collect();
+        }
+        if subset.is_empty() {
+            outlier.panic_pick();
+            return self.slots.get(self.choose(picker, headers, now_ns, None));
+        }
+        self.slots.get(self.choose(picker, headers, now_ns, Some(&subset)))
+    }
+
+    /// The policy's choice among all endpoints, or among `subset` (indices, non-empty).
+    fn choose(
+        &self,
+        picker: &Picker,
+        headers: &http::HeaderMap,
+        now_ns: u64,
+        subset: Option<&[usize]>,
+    ) -> usize {
+        let n = subset.map_or(self.slots.len(), <[usize]>::len);
+        let at = |k: usize| subset.map_or(k, |s| s[k]);
+        if n == 1 {
+            return at(0);
+        }
+        match picker {
             Picker::P2c { decay_ns, bias } => {
-                let a = fastrand::usize(..n);
-                let mut b = fastrand::usize(..n - 1);
-                if b >= a {
-                    b += 1;
+                let k1 = fastrand::usize(..n);
+                let mut k2 = fastrand::usize(..n - 1);
+                if k2 >= k1 {
+                    k2 += 1;
                 }
+                let (a, b) = (at(k1), at(k2));
                 let (la, lb) = (&self.slots[a].load, &self.slots[b].load);
                 // An endpoint with no response yet borrows its partner's estimate, so the two
                 // are compared by in-flight requests alone (see ewma.rs).
-                let (ea, eb) = match (
-                    la.estimate_ns(now_ns, *decay_ns),
-                    lb.estimate_ns(now_ns, *decay_ns),
-                ) {
+                let (ea, eb) = match (la.estimate_ns(now_ns, *decay_ns), lb.estimate_ns(now_ns, *decay_ns)) {
                     (Some(x), Some(y)) => (x, y),
                     (Some(x), None) => (x, x),
                     (None, Some(y)) => (y, y),
@@ -129,18 +181,34 @@ impl<S> Table<S> {
                 let cb = eb * penalty(lb.in_flight(), *bias);
                 if cb < ca { b } else { a }
             }
-            Picker::RoundRobin => self.cursor.fetch_add(1, Relaxed) % n,
-            Picker::Weighted => {
-                let total = self.cumulative[n - 1];
-                let r = fastrand::u64(..total);
-                self.cumulative.partition_point(|c| *c <= r)
-            }
-            Picker::RingHash { header } => match headers.get(header) {
-                Some(v) => self.ring.lookup(hash(v.as_bytes())).unwrap_or(0),
-                None => fastrand::usize(..n),
+            Picker::RoundRobin => at(self.cursor.fetch_add(1, Relaxed) % n),
+            Picker::Weighted => match subset {
+                None => {
+                    let total = self.cumulative[n - 1];
+                    let r = fastrand::u64(..total);
+                    self.cumulative.partition_point(|c| *c <= r)
+                }
+                Some(s) => {
+                    let total: u64 = s.iter().map(|&i| u64::from(self.slots[i].endpoint.weight)).sum();
+                    let mut r = fastrand::u64(..total.max(1));
+                    for &i in s {
+                        let w = u64::from(self.slots[i].endpoint.weight);
+                        if r < w {
+                            return i;
+                        }
+                        r -= w;
+                    }
+                    s[s.len() - 1]
+                }
             },
-        };
-        self.slots.get(i)
+            Picker::RingHash { header } => match headers.get(header) {
+                Some(v) => self
+                    .ring
+                    .lookup_where(hash(v.as_bytes()), |i| subset.is_none_or(|s| s.contains(&i)))
+                    .unwrap_or_else(|| at(0)),
+                None => at(fastrand::usize(..n)),
+            },
+        }
     }
 }
 
@@ -156,11 +224,7 @@ impl<S> fmt::Debug for Table<S> {
             .field("resolved", &self.resolved)
             .field(
                 "endpoints",
-                &self
-                    .slots
-                    .iter()
-                    .map(|s| s.endpoint.addr)
-                    .collect::<Vec<_>>(),
+                &self.slots.iter().map(|s| s.endpoint.addr).collect::<Vec<_>>(),
             )
             .finish()
     }

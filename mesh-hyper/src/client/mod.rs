@@ -3,13 +3,24 @@
 //! [`MeshClient`] is a `tower::Service<http::Request<B>>` that takes requests addressed to
 //! **logical services** (`http://reviews.default:9080/reviews/1`) and sends each to a live
 //! endpoint of that service. Per destination service it holds a stack built in
-//! [`MeshClient::stack`], top to bottom as in `shared/DESIGN.md`:
+//! one place (`stack`), top to bottom as in `shared/DESIGN.md`:
 //!
 //! ```text
 //! authority ─► Mesh::resolve (configured | endpoints file | IP literal | DNS)
-//!           ─► Balancer (P2C Peak-EWMA | RR | weighted | ring hash, follows discovery)
-//!           ─► HttpEndpoint (hyper-util pooled client per endpoint; HTTP/1.1 or h2c)
+//!   Timeout   overall deadline, stored in the request for the layers below    mesh_core::timeout
+//!   Retry     budget, backoff, per-try timeout, hedging, body replay           mesh_core::retry
+//!   Breaker   optional service-level circuit breaker                          mesh_core::breaker
+//!   Limit     max concurrent / max pending / rate → fast Overloaded errors    mesh_core::limit
+//!   Balancer  P2C Peak-EWMA | RR | weighted | ring hash; outlier ejection      mesh_core::balance
+//!   HttpEndpoint  hyper-util pooled client per endpoint; HTTP/1.1 or h2c
 //! ```
+//!
+//! Why this order: the timeout is outermost so that it bounds everything, retries included,
+//! and its deadline is visible to all; retries sit above the limits so that every attempt is
+//! admitted (and counted) by them, and above the breaker so that a refused call is not retried;
+//! the limits sit above the balancer so that a request that is shed never touches an endpoint's
+//! load; ejection lives in the balancer because it is a per-endpoint decision, and the balancer
+//! avoids the endpoints earlier attempts of the same request used.
 //!
 //! The request's URI and `Host` stay logical: hyper-util writes `Host: reviews.default:9080`
 //! (or `:authority` over HTTP/2) and only the connector knows the endpoint's address. A request
@@ -52,14 +63,20 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use mesh_core::{
     Balancer, Destination, Mesh, ServiceName,
-    balance::{EndpointStats, ResponseFuture as BalanceFuture},
+    balance::EndpointStats,
+    breaker::{Breaker, BreakerLayer, BreakerState},
+    limit::{Limit, LimitCounts, LimitLayer},
+    retry::{ReplayBody, Retry, RetryCounts, RetryLayer},
+    timeout::{self, Timeout, TimeoutLayer},
 };
+use serde::Serialize;
+use tower::Layer;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 use tracing::{Instrument, instrument::Instrumented};
 
 pub use self::endpoint::{EndpointFuture, HttpEndpoint};
-use crate::Error;
+use crate::{Error, HttpClassifier};
 
 /// Request bodies the client can send: what hyper-util's client accepts. Implemented for every
 /// such type (`Full<Bytes>`, `Empty<Bytes>`, `BoxBody`, tonic's body, ...).
@@ -120,10 +137,34 @@ struct Inner<B> {
     by_name: Mutex<HashMap<ServiceName, Arc<Dest<B>>>>,
 }
 
-/// The stack of one destination service.
+type Balanced<B> = Balancer<HttpEndpoint<ReplayBody<B>>, HttpClassifier>;
+
+/// The whole per-destination stack (see the module docs for the order).
+type Stack<B> = Timeout<Retry<Breaker<Limit<Balanced<B>>, HttpClassifier>, HttpClassifier>>;
+
+/// The stack of one destination service, and handles on its parts for statistics.
 struct Dest<B> {
     name: ServiceName,
-    balancer: Balancer<HttpEndpoint<B>>,
+    stack: Stack<B>,
+    balancer: Balanced<B>,
+    retry: RetryLayer<HttpClassifier>,
+    limit: Limit<Balanced<B>>,
+    breaker: Option<BreakerLayer<HttpClassifier>>,
+}
+
+/// What a client knows about one destination: counters and endpoint states.
+#[derive(Clone, Debug, Serialize)]
+pub struct DestinationStats {
+    /// The service.
+    pub service: ServiceName,
+    /// Requests, retries, hedges, budget exhaustion.
+    pub retries: RetryCounts,
+    /// Shed and rate-limited requests.
+    pub limits: LimitCounts,
+    /// The circuit breaker, if one is configured.
+    pub breaker: Option<BreakerState>,
+    /// Endpoints with load and health.
+    pub endpoints: Vec<EndpointStats>,
 }
 
 impl<B> Clone for MeshClient<B> {
@@ -182,18 +223,38 @@ where
     fn route(dest: &Dest<B>, req: Request<B>) -> ResponseFuture<B> {
         let span = tracing::debug_span!("mesh", service = %dest.name,
             endpoint = tracing::field::Empty, attempt = 1u32);
-        let fut = {
-            let _enter = span.enter();
-            dest.balancer.route(req)
-        };
+        let _enter = span.enter();
+        let mut svc = dest.stack.clone();
+        // Every layer of the stack is always ready (they shed or queue inside `call`); check
+        // without parking, as the tower contract asks.
+        let waker = std::task::Waker::noop();
+        match svc.poll_ready(&mut Context::from_waker(waker)) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return ResponseFuture::failed(e),
+            Poll::Pending => unreachable_not_ready(),
+        }
+        let fut = svc.call(req);
+        drop(_enter);
         ResponseFuture::routed(fut.instrument(span))
     }
 
-    /// The endpoints of a service as its balancer sees them (load, in-flight), if the client has
-    /// sent to it.
+    /// The endpoints of a service as its balancer sees them (load, in-flight, health), if the
+    /// client has sent to it.
     pub fn endpoints(&self, service: &ServiceName) -> Option<Vec<EndpointStats>> {
         let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
         by_name.get(service).map(|d| d.balancer.endpoints())
+    }
+
+    /// Counters and endpoint states of a service, if the client has sent to it.
+    pub fn stats(&self, service: &ServiceName) -> Option<DestinationStats> {
+        let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        by_name.get(service).map(|d| DestinationStats {
+            service: d.name.clone(),
+            retries: d.retry.stats(),
+            limits: d.limit.counts(),
+            breaker: d.breaker.as_ref().map(BreakerLayer::state),
+            endpoints: d.balancer.endpoints(),
+        })
     }
 
     /// Finds or builds the destination of an authority not seen before.
@@ -204,7 +265,7 @@ where
         let dest = match by_name.get(&name) {
             Some(d) => d.clone(),
             None => {
-                let dest = Arc::new(self.stack(self.inner.mesh.resolve_name(name.clone())?));
+                let dest = Arc::new(self.stack(self.inner.mesh.resolve_name(name.clone())?)?);
                 by_name.insert(name, dest.clone());
                 dest
             }
@@ -215,8 +276,8 @@ where
         Ok(dest)
     }
 
-    /// Builds the stack of one destination, top to bottom.
-    fn stack(&self, dest: Destination) -> Dest<B> {
+    /// Builds the stack of one destination, bottom to top (see the module docs).
+    fn stack(&self, dest: Destination) -> Result<Dest<B>, Error> {
         let Destination {
             name,
             config,
@@ -224,17 +285,47 @@ where
         } = dest;
         tracing::debug!(service = %name, policy = ?config.balance.policy,
             protocol = ?config.protocol, "new destination");
+        let policy_error = |error| Error::Policy {
+            service: name.clone(),
+            error,
+        };
         let settings = self.inner.settings.clone();
         let protocol = config.protocol;
         let svc = name.clone();
-        let balancer = Balancer::new(
+        let balancer = Balancer::with_classifier(
             name.clone(),
             subscription,
             config.balance,
             move |ep: &mesh_core::Endpoint| HttpEndpoint::new(svc.clone(), ep, protocol, &settings),
+            HttpClassifier,
         );
-        Dest { name, balancer }
+        let limit = LimitLayer::new(name.clone(), &config.limits)
+            .map_err(policy_error)?
+            .layer(balancer.clone());
+        let breaker_layer = match &config.breaker {
+            Some(p) => Some(BreakerLayer::new(name.clone(), p, HttpClassifier).map_err(policy_error)?),
+            None => None,
+        };
+        let breaker = match &breaker_layer {
+            Some(l) => l.layer(limit.clone()),
+            None => Breaker::disabled(limit.clone()),
+        };
+        let retry = RetryLayer::new(name.clone(), config.retries, HttpClassifier).map_err(policy_error)?;
+        let stack = TimeoutLayer::new(name.clone(), config.timeout).layer(retry.layer(breaker));
+        Ok(Dest {
+            name,
+            stack,
+            balancer,
+            retry,
+            limit,
+            breaker: breaker_layer,
+        })
     }
+}
+
+#[cold]
+fn unreachable_not_ready() -> ! {
+    unreachable!("mesh layers are always ready")
 }
 
 impl<B> Service<Request<B>> for MeshClient<B>
@@ -265,6 +356,10 @@ impl<B> fmt::Debug for MeshClient<B> {
     }
 }
 
+type StackFuture<B> = timeout::ResponseFuture<
+    mesh_core::retry::ResponseFuture<Breaker<Limit<Balanced<B>>, HttpClassifier>, B, HttpClassifier>,
+>;
+
 pin_project! {
     /// Response future of [`MeshClient`].
     pub struct ResponseFuture<B: RequestBody> {
@@ -276,13 +371,13 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<B: RequestBody> {
-        Routed { #[pin] fut: Instrumented<BalanceFuture<HttpEndpoint<B>, Request<B>>> },
+        Routed { #[pin] fut: Instrumented<StackFuture<B>> },
         Failed { error: Option<Error> },
     }
 }
 
 impl<B: RequestBody> ResponseFuture<B> {
-    fn routed(fut: Instrumented<BalanceFuture<HttpEndpoint<B>, Request<B>>>) -> Self {
+    fn routed(fut: Instrumented<StackFuture<B>>) -> Self {
         Self {
             state: State::Routed { fut },
         }

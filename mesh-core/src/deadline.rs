@@ -1,0 +1,67 @@
+//! Request deadlines that travel with the request.
+//!
+//! A [`Deadline`] is an instant by which the request must be answered. The timeout layer stores
+//! it in the request's extensions; layers below (retries, limits) read it to stop early, and
+//! outgoing calls made while handling a request can inherit it (gRPC's `grpc-timeout`). Setting a
+//! deadline never extends one already present: the earlier one wins.
+//!
+//! ```
+//! use std::time::Duration;
+//! use mesh_core::deadline::Deadline;
+//!
+//! let mut req = http::Request::new(());
+//! Deadline::after(Duration::from_secs(5)).apply(&mut req);
+//! Deadline::after(Duration::from_secs(60)).apply(&mut req); // later: ignored
+//! let d = Deadline::of(&req).unwrap();
+//! assert!(d.remaining() <= Duration::from_secs(5));
+//! ```
+
+use std::time::{Duration, Instant};
+
+/// The instant by which a request must be answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    /// A deadline `timeout` from now.
+    pub fn after(timeout: Duration) -> Self {
+        let now = Instant::now();
+        Self(now.checked_add(timeout).unwrap_or(now + Duration::from_secs(86_400 * 365)))
+    }
+
+    /// A deadline at `instant`.
+    pub fn at(instant: Instant) -> Self {
+        Self(instant)
+    }
+
+    /// The instant.
+    pub fn instant(&self) -> Instant {
+        self.0
+    }
+
+    /// Time left (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether it has passed.
+    pub fn is_expired(&self) -> bool {
+        Instant::now() >= self.0
+    }
+
+    /// The request's deadline, if it has one.
+    pub fn of<B>(req: &http::Request<B>) -> Option<Deadline> {
+        req.extensions().get::<Deadline>().copied()
+    }
+
+    /// Stores the earlier of this deadline and the request's current one; returns the
+    /// deadline now in force.
+    pub fn apply<B>(self, req: &mut http::Request<B>) -> Deadline {
+        let effective = match Self::of(req) {
+            Some(existing) if existing <= self => existing,
+            _ => self,
+        };
+        req.extensions_mut().insert(effective);
+        effective
+    }
+}
