@@ -77,7 +77,10 @@ async fn p2c_spreads_requests_over_all_endpoints() {
     let stats = client.endpoints(&"reviews.test:9080".parse().unwrap());
     for name in ["a", "b", "c"] {
         let n = counts.get(name).copied().unwrap_or(0);
-        assert!(n >= 90, "backend {name} got {n} of 900: {counts:?} {stats:#?}");
+        assert!(
+            n >= 90,
+            "backend {name} got {n} of 900: {counts:?} {stats:#?}"
+        );
     }
 }
 

@@ -69,7 +69,10 @@ impl FailureKind {
     pub fn is_unprocessed(&self) -> bool {
         matches!(
             self,
-            FailureKind::Connect | FailureKind::Refused | FailureKind::NoEndpoints | FailureKind::Local
+            FailureKind::Connect
+                | FailureKind::Refused
+                | FailureKind::NoEndpoints
+                | FailureKind::Local
         )
     }
 }

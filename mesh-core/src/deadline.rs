@@ -26,7 +26,10 @@ impl Deadline {
     /// A deadline `timeout` from now.
     pub fn after(timeout: Duration) -> Self {
         let now = Instant::now();
-        Self(now.checked_add(timeout).unwrap_or(now + Duration::from_secs(86_400 * 365)))
+        Self(
+            now.checked_add(timeout)
+                .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+        )
     }
 
     /// A deadline at `instant`.

@@ -100,32 +100,34 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
     Ok(Duration::new(secs, (total_nanos % 1_000_000_000) as u32))
 }
 
-/// Formats a duration in the shortest exact single-unit form (`"30ms"`, `"1.5s"`, `"2m"`).
+/// Formats a duration exactly, in Go's style: whole hours or minutes when it is a whole number
+/// of them (`"2m"`), otherwise one unit (`s`, `ms`, `us`, `ns`) with a decimal fraction as needed
+/// (`"1.5s"`, `"30ms"`, `"98.194772ms"`). [`parse`] reads every output back exactly.
 pub fn format(d: Duration) -> String {
     let nanos = d.as_nanos();
     if nanos == 0 {
         return "0s".to_owned();
     }
-    for (unit, size) in [
-        ("h", 3_600_000_000_000u128),
-        ("m", 60_000_000_000),
-        ("s", 1_000_000_000),
-    ] {
+    for (unit, size) in [("h", 3_600_000_000_000u128), ("m", 60_000_000_000)] {
         if nanos % size == 0 {
             return format!("{}{unit}", nanos / size);
         }
     }
-    if nanos >= 1_000_000_000 {
-        // Seconds with a fraction, trailing zeros trimmed: "1.5s".
-        let s = format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);
-        return format!("{}s", s.trim_end_matches('0'));
+    let (unit, size, digits) = if nanos >= 1_000_000_000 {
+        ("s", 1_000_000_000u128, 9)
+    } else if nanos >= 1_000_000 {
+        ("ms", 1_000_000, 6)
+    } else if nanos >= 1_000 {
+        ("us", 1_000, 3)
+    } else {
+        return format!("{nanos}ns");
+    };
+    let (whole, frac) = (nanos / size, nanos % size);
+    if frac == 0 {
+        return format!("{whole}{unit}");
     }
-    for (unit, size) in [("ms", 1_000_000u128), ("us", 1_000)] {
-        if nanos % size == 0 {
-            return format!("{}{unit}", nanos / size);
-        }
-    }
-    format!("{nanos}ns")
+    let frac = format!("{frac:0digits$}");
+    format!("{whole}.{}{unit}", frac.trim_end_matches('0'))
 }
 
 /// `#[serde(with = "mesh_core::duration::serde")]` for `Duration` fields.
@@ -214,5 +216,11 @@ mod tests {
             assert_eq!(parse(&format(d)).unwrap(), d, "{}", format(d));
         }
         assert_eq!(format(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format(Duration::from_nanos(98_194_772)), "98.194772ms");
+        assert_eq!(format(Duration::from_secs(120)), "2m");
+        assert_eq!(
+            parse(&format(Duration::from_nanos(98_194_772))).unwrap(),
+            Duration::from_nanos(98_194_772)
+        );
     }
 }

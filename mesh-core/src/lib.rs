@@ -20,20 +20,20 @@
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod breaker;
 pub mod classify;
+pub mod deadline;
 pub mod discover;
 pub mod duration;
 pub mod endpoint;
 pub mod identity;
+pub mod limit;
 pub mod mesh;
 pub mod name;
 pub mod outlier;
 mod policy_error;
-pub mod deadline;
-pub mod timeout;
 pub mod retry;
-pub mod limit;
-pub mod breaker;
+pub mod timeout;
 
 pub use self::policy_error::PolicyError;
 pub use self::{

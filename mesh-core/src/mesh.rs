@@ -41,15 +41,15 @@ use crate::{
     ServiceName,
     balance::BalanceConfig,
     breaker::BreakerPolicy,
-    limit::LimitPolicy,
-    policy_error::PolicyError,
-    retry::RetryPolicy,
     discover::{
         DiscoveryError, DnsOptions, DnsResolver, DnsSource, EndpointSource, FileSource,
         StaticSource, Subscription,
     },
     endpoint::Endpoint,
+    limit::LimitPolicy,
     name::NameError,
+    policy_error::PolicyError,
+    retry::RetryPolicy,
 };
 
 /// Which HTTP version is spoken to a service's endpoints.

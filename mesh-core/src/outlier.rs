@@ -89,10 +89,16 @@ impl OutlierDetection {
     /// Checks ranges; the error names the field.
     pub fn validate(&self) -> Result<(), PolicyError> {
         if self.consecutive_failures == Some(0) {
-            return Err(PolicyError::new("consecutiveFailures", "must be at least 1"));
+            return Err(PolicyError::new(
+                "consecutiveFailures",
+                "must be at least 1",
+            ));
         }
         if self.base_ejection_time.is_zero() {
-            return Err(PolicyError::new("baseEjectionTime", "must be greater than zero"));
+            return Err(PolicyError::new(
+                "baseEjectionTime",
+                "must be greater than zero",
+            ));
         }
         if self.max_ejection_time < self.base_ejection_time {
             return Err(PolicyError::new(
@@ -141,8 +147,13 @@ impl SuccessRate {
         if self.min_requests == 0 {
             return Err(PolicyError::new("minRequests", "must be at least 1"));
         }
-        if !(Duration::from_secs(1)..=Duration::from_secs(WINDOW_BUCKETS as u64)).contains(&self.window) {
-            return Err(PolicyError::new("window", format!("must be 1s to {WINDOW_BUCKETS}s")));
+        if !(Duration::from_secs(1)..=Duration::from_secs(WINDOW_BUCKETS as u64))
+            .contains(&self.window)
+        {
+            return Err(PolicyError::new(
+                "window",
+                format!("must be 1s to {WINDOW_BUCKETS}s"),
+            ));
         }
         Ok(())
     }
@@ -165,7 +176,13 @@ impl Window {
     fn new() -> Self {
         Self {
             buckets: (0..WINDOW_BUCKETS)
-                .map(|_| (AtomicU64::new(u64::MAX), AtomicU32::new(0), AtomicU32::new(0)))
+                .map(|_| {
+                    (
+                        AtomicU64::new(u64::MAX),
+                        AtomicU32::new(0),
+                        AtomicU32::new(0),
+                    )
+                })
                 .collect(),
         }
     }
@@ -279,7 +296,11 @@ pub(crate) struct Outlier {
 }
 
 impl Outlier {
-    pub(crate) fn new(service: ServiceName, config: Option<OutlierDetection>, epoch: Instant) -> Self {
+    pub(crate) fn new(
+        service: ServiceName,
+        config: Option<OutlierDetection>,
+        epoch: Instant,
+    ) -> Self {
         Self {
             config,
             service,
@@ -348,22 +369,31 @@ impl Outlier {
         }
         let consecutive = health.consecutive.fetch_add(1, Relaxed) + 1;
         match health.state.load(Acquire) {
-            PROBING => {
+            PROBING
                 if health
                     .state
                     .compare_exchange(PROBING, EJECTED, AcqRel, Acquire)
-                    .is_ok()
-                {
-                    let until = self.eject_for(cfg, health, now_ns);
-                    tracing::warn!(service = %self.service, endpoint = %addr, ?class,
-                        ejected_for = ?Duration::from_nanos(until - now_ns), "probe failed; endpoint ejected again");
-                }
+                    .is_ok() =>
+            {
+                let until = self.eject_for(cfg, health, now_ns);
+                tracing::warn!(service = %self.service, endpoint = %addr, ?class,
+                    ejected_for = ?Duration::from_nanos(until - now_ns), "probe failed; endpoint ejected again");
             }
             ACTIVE => {
                 let by_count = cfg.consecutive_failures.is_some_and(|n| consecutive >= n);
                 let by_rate = !by_count && self.rate_says_eject(cfg, health, sec);
                 if by_count || by_rate {
-                    self.try_eject(cfg, addr, health, now_ns, if by_count { "consecutive failures" } else { "success rate" });
+                    self.try_eject(
+                        cfg,
+                        addr,
+                        health,
+                        now_ns,
+                        if by_count {
+                            "consecutive failures"
+                        } else {
+                            "success rate"
+                        },
+                    );
                 }
             }
             _ => {}
@@ -386,7 +416,9 @@ impl Outlier {
     }
 
     fn rate_says_eject(&self, cfg: &OutlierDetection, health: &Health, sec: u64) -> bool {
-        let Some(sr) = &cfg.success_rate else { return false };
+        let Some(sr) = &cfg.success_rate else {
+            return false;
+        };
         let secs = sr.window.as_secs().max(1);
         let (good, bad) = health.window.totals(sec, secs);
         let total = good + bad;
@@ -404,7 +436,14 @@ impl Outlier {
         pt > 0 && (pg as f64) >= sr.threshold * pt as f64
     }
 
-    fn try_eject(&self, cfg: &OutlierDetection, addr: SocketAddr, health: &Health, now_ns: u64, reason: &str) {
+    fn try_eject(
+        &self,
+        cfg: &OutlierDetection,
+        addr: SocketAddr,
+        health: &Health,
+        now_ns: u64,
+        reason: &str,
+    ) {
         let n = self.table.load().len();
         let allowed = n * cfg.max_ejection_percent as usize / 100;
         let ejected = self.ejected.load(Relaxed);
@@ -431,12 +470,17 @@ impl Outlier {
     /// Sets the ejection time of a newly (re-)ejected endpoint; returns its end.
     fn eject_for(&self, cfg: &OutlierDetection, health: &Health, now_ns: u64) -> u64 {
         let readmitted = health.readmitted_at_ns.load(Relaxed);
-        if readmitted != 0 && now_ns.saturating_sub(readmitted) >= cfg.max_ejection_time.as_nanos() as u64 {
+        if readmitted != 0
+            && now_ns.saturating_sub(readmitted) >= cfg.max_ejection_time.as_nanos() as u64
+        {
             health.ejections.store(0, Relaxed);
         }
         let n = health.ejections.fetch_add(1, Relaxed) + 1;
         let factor = 1u32.checked_shl(n - 1).unwrap_or(u32::MAX);
-        let base = cfg.base_ejection_time.saturating_mul(factor).min(cfg.max_ejection_time);
+        let base = cfg
+            .base_ejection_time
+            .saturating_mul(factor)
+            .min(cfg.max_ejection_time);
         let jitter = Duration::from_nanos(fastrand::u64(..=(base.as_nanos() / 10) as u64));
         let until = now_ns + (base + jitter).as_nanos() as u64;
         health.ejected_until_ns.store(until, Release);
@@ -457,7 +501,6 @@ impl Outlier {
         health.window.totals(sec, secs)
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -570,11 +613,18 @@ mod tests {
 
     #[test]
     fn validation_names_fields() {
-        let mut c = OutlierDetection::default();
-        c.max_ejection_percent = 101;
+        let c = OutlierDetection {
+            max_ejection_percent: 101,
+            ..OutlierDetection::default()
+        };
         assert_eq!(c.validate().unwrap_err().field, "maxEjectionPercent");
-        let mut c = OutlierDetection::default();
-        c.success_rate = Some(SuccessRate { threshold: 2.0, ..SuccessRate::default() });
+        let c = OutlierDetection {
+            success_rate: Some(SuccessRate {
+                threshold: 2.0,
+                ..SuccessRate::default()
+            }),
+            ..OutlierDetection::default()
+        };
         assert_eq!(c.validate().unwrap_err().field, "successRate.threshold");
     }
 }

@@ -72,7 +72,9 @@ fn refused_stream(e: &(dyn StdError + 'static)) -> bool {
     while let Some(err) = cur {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
             return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR));
+                || (h2.is_go_away()
+                    && h2.is_remote()
+                    && h2.reason() == Some(h2::Reason::NO_ERROR));
         }
         cur = err.source();
     }

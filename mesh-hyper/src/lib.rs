@@ -9,6 +9,7 @@
 pub mod classify;
 pub mod client;
 mod error;
+pub mod server;
 
 pub use self::{
     classify::HttpClassifier,

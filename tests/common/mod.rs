@@ -31,6 +31,8 @@ pub struct BackendOpts {
     pub delay: Duration,
     /// Status to answer with.
     pub status: u16,
+    /// When set, the status to answer with, changeable while the backend runs.
+    pub switch: Option<Arc<std::sync::atomic::AtomicU16>>,
 }
 
 impl BackendOpts {
@@ -39,8 +41,20 @@ impl BackendOpts {
             name: name.to_owned(),
             delay: Duration::ZERO,
             status: 200,
+            switch: None,
         }
     }
+}
+
+/// A backend whose status the test sets while it runs (starts at 200).
+pub async fn switchable(name: &str) -> (Backend, Arc<std::sync::atomic::AtomicU16>) {
+    let switch = Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let b = backend_with(BackendOpts {
+        switch: Some(switch.clone()),
+        ..BackendOpts::named(name)
+    })
+    .await;
+    (b, switch)
 }
 
 /// A hyper server (HTTP/1.1 and h2c) on loopback that counts its requests. Dropping it stops
@@ -110,14 +124,24 @@ fn serve(listener: TcpListener, opts: BackendOpts) -> Backend {
                             .unwrap_or_default();
                         let version = format!("{:?}", req.version());
                         let path = req.uri().path().to_owned();
-                        // Drain the request body.
-                        let _ = req.into_body().collect().await;
+                        // Read the request body.
+                        let body_len = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
                         if !opts.delay.is_zero() {
                             tokio::time::sleep(opts.delay).await;
                         }
+                        let status = match &opts.switch {
+                            Some(s) => s.load(Ordering::SeqCst),
+                            None => opts.status,
+                        };
                         Ok::<_, Infallible>(
                             Response::builder()
-                                .status(opts.status)
+                                .status(status)
+                                .header("x-body-len", body_len)
                                 .header("x-backend", opts.name.as_str())
                                 .header("x-seen-host", host)
                                 .header("x-seen-version", version)

@@ -115,7 +115,11 @@ impl PeakEwma {
         let next = if n < WARMUP_SAMPLES {
             // Warm-up: the fastest of the first answers.
             self.samples.store(n + 1, Relaxed);
-            if prev.is_nan() { sample } else { prev.min(sample) }
+            if prev.is_nan() {
+                sample
+            } else {
+                prev.min(sample)
+            }
         } else if prev < sample {
             // A peak: a worse latency is believed at once — up to double the estimate per answer.
             sample.min(prev * MAX_PEAK_STEP)

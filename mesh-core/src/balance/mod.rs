@@ -366,8 +366,9 @@ where
                         .estimate_ns(now, self.shared.decay_ns)
                         .map(|ns| Duration::from_nanos(ns as u64)),
                     health,
-                    probe_in: (health == HealthState::Ejected)
-                        .then(|| Duration::from_nanos(s.health.ejected_until_ns().saturating_sub(now))),
+                    probe_in: (health == HealthState::Ejected).then(|| {
+                        Duration::from_nanos(s.health.ejected_until_ns().saturating_sub(now))
+                    }),
                     window: self.shared.outlier.window_totals(&s.health),
                 }
             })
@@ -591,7 +592,12 @@ impl<S, C> Balancer<S, C> {
 
 impl<S, C> Shared<S, C> {
     /// Picks an endpoint for `req` and records it for later attempts of the same request.
-    fn pick<'t, B>(&self, table: &'t Table<S>, req: &http::Request<B>, now: u64) -> Option<&'t Arc<Slot<S>>> {
+    fn pick<'t, B>(
+        &self,
+        table: &'t Table<S>,
+        req: &http::Request<B>,
+        now: u64,
+    ) -> Option<&'t Arc<Slot<S>>> {
         let tried = req.extensions().get::<TriedEndpoints>();
         let slot = table.pick(&self.picker, req.headers(), now, &self.outlier, tried)?;
         if let Some(t) = tried {

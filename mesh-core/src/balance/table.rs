@@ -138,13 +138,16 @@ impl<S> Table<S> {
             .collect();
         if subset.is_empty() {
             // Everything left was tried already: any endpoint in rotation will do.
-            subset = (0..n).filter(|&i| self.slots[i].health.is_active()).collect();
+            subset = (0..n)
+                .filter(|&i| self.slots[i].health.is_active())
+                .collect();
         }
         if subset.is_empty() {
             outlier.panic_pick();
             return self.slots.get(self.choose(picker, headers, now_ns, None));
         }
-        self.slots.get(self.choose(picker, headers, now_ns, Some(&subset)))
+        self.slots
+            .get(self.choose(picker, headers, now_ns, Some(&subset)))
     }
 
     /// The policy's choice among all endpoints, or among `subset` (indices, non-empty).
@@ -171,7 +174,10 @@ impl<S> Table<S> {
                 let (la, lb) = (&self.slots[a].load, &self.slots[b].load);
                 // An endpoint with no response yet borrows its partner's estimate, so the two
                 // are compared by in-flight requests alone (see ewma.rs).
-                let (ea, eb) = match (la.estimate_ns(now_ns, *decay_ns), lb.estimate_ns(now_ns, *decay_ns)) {
+                let (ea, eb) = match (
+                    la.estimate_ns(now_ns, *decay_ns),
+                    lb.estimate_ns(now_ns, *decay_ns),
+                ) {
                     (Some(x), Some(y)) => (x, y),
                     (Some(x), None) => (x, x),
                     (None, Some(y)) => (y, y),
@@ -189,7 +195,10 @@ impl<S> Table<S> {
                     self.cumulative.partition_point(|c| *c <= r)
                 }
                 Some(s) => {
-                    let total: u64 = s.iter().map(|&i| u64::from(self.slots[i].endpoint.weight)).sum();
+                    let total: u64 = s
+                        .iter()
+                        .map(|&i| u64::from(self.slots[i].endpoint.weight))
+                        .sum();
                     let mut r = fastrand::u64(..total.max(1));
                     for &i in s {
                         let w = u64::from(self.slots[i].endpoint.weight);
@@ -204,7 +213,9 @@ impl<S> Table<S> {
             Picker::RingHash { header } => match headers.get(header) {
                 Some(v) => self
                     .ring
-                    .lookup_where(hash(v.as_bytes()), |i| subset.is_none_or(|s| s.contains(&i)))
+                    .lookup_where(hash(v.as_bytes()), |i| {
+                        subset.is_none_or(|s| s.contains(&i))
+                    })
                     .unwrap_or_else(|| at(0)),
                 None => at(fastrand::usize(..n)),
             },
@@ -224,7 +235,11 @@ impl<S> fmt::Debug for Table<S> {
             .field("resolved", &self.resolved)
             .field(
                 "endpoints",
-                &self.slots.iter().map(|s| s.endpoint.addr).collect::<Vec<_>>(),
+                &self
+                    .slots
+                    .iter()
+                    .map(|s| s.endpoint.addr)
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }

@@ -79,8 +79,12 @@ impl Default for BreakerPolicy {
 impl BreakerPolicy {
     /// Checks ranges; the error names the field.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        if !(0.0..=1.0).contains(&self.failure_rate_threshold) || self.failure_rate_threshold == 0.0 {
-            return Err(PolicyError::new("failureRateThreshold", "must be in (0, 1]"));
+        if !(0.0..=1.0).contains(&self.failure_rate_threshold) || self.failure_rate_threshold == 0.0
+        {
+            return Err(PolicyError::new(
+                "failureRateThreshold",
+                "must be in (0, 1]",
+            ));
         }
         if self.window_size == 0 || self.window_size > 100_000 {
             return Err(PolicyError::new("windowSize", "must be 1 to 100000"));
@@ -118,9 +122,18 @@ pub enum BreakerState {
 }
 
 enum State {
-    Closed { outcomes: VecDeque<bool>, failures: u32 },
-    Open { until: Instant },
-    HalfOpen { issued: u32, ok: u32, failed: u32 },
+    Closed {
+        outcomes: VecDeque<bool>,
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        issued: u32,
+        ok: u32,
+        failed: u32,
+    },
 }
 
 struct Shared<C> {
@@ -149,7 +162,11 @@ impl<C> Shared<C> {
                     });
                 }
                 tracing::info!(service = %self.service, "circuit breaker half-open: sending trial calls");
-                *st = State::HalfOpen { issued: 1, ok: 0, failed: 0 };
+                *st = State::HalfOpen {
+                    issued: 1,
+                    ok: 0,
+                    failed: 0,
+                };
                 Ok(true)
             }
             State::HalfOpen { issued, .. } => {
@@ -173,19 +190,23 @@ impl<C> Shared<C> {
             State::Closed { outcomes, failures } if !trial => {
                 outcomes.push_back(failed);
                 *failures += u32::from(failed);
-                if outcomes.len() > p.window_size as usize {
-                    if outcomes.pop_front() == Some(true) {
-                        *failures -= 1;
-                    }
+                if outcomes.len() > p.window_size as usize && outcomes.pop_front() == Some(true) {
+                    *failures -= 1;
                 }
                 let n = outcomes.len() as u32;
-                if n >= p.minimum_calls && f64::from(*failures) >= p.failure_rate_threshold * f64::from(n) {
+                if n >= p.minimum_calls
+                    && f64::from(*failures) >= p.failure_rate_threshold * f64::from(n)
+                {
                     tracing::warn!(service = %self.service, failures = *failures, calls = n,
                         open_for = ?p.wait_in_open, "circuit breaker opened");
-                    *st = State::Open { until: Instant::now() + p.wait_in_open };
+                    *st = State::Open {
+                        until: Instant::now() + p.wait_in_open,
+                    };
                 }
             }
-            State::HalfOpen { ok, failed: bad, .. } if trial => {
+            State::HalfOpen {
+                ok, failed: bad, ..
+            } if trial => {
                 if failed {
                     *bad += 1;
                 } else {
@@ -196,10 +217,15 @@ impl<C> Shared<C> {
                     if rate >= p.failure_rate_threshold {
                         tracing::warn!(service = %self.service, failed = *bad, trials = *ok + *bad,
                             "circuit breaker re-opened after failed trials");
-                        *st = State::Open { until: Instant::now() + p.wait_in_open };
+                        *st = State::Open {
+                            until: Instant::now() + p.wait_in_open,
+                        };
                     } else {
                         tracing::info!(service = %self.service, "circuit breaker closed");
-                        *st = State::Closed { outcomes: VecDeque::new(), failures: 0 };
+                        *st = State::Closed {
+                            outcomes: VecDeque::new(),
+                            failures: 0,
+                        };
                     }
                 }
             }
@@ -223,19 +249,28 @@ pub struct BreakerLayer<C> {
 
 impl<C> Clone for BreakerLayer<C> {
     fn clone(&self) -> Self {
-        Self { shared: self.shared.clone() }
+        Self {
+            shared: self.shared.clone(),
+        }
     }
 }
 
 impl<C> BreakerLayer<C> {
     /// A breaker for `service`; `classifier` tells failures.
-    pub fn new(service: ServiceName, policy: &BreakerPolicy, classifier: C) -> Result<Self, PolicyError> {
+    pub fn new(
+        service: ServiceName,
+        policy: &BreakerPolicy,
+        classifier: C,
+    ) -> Result<Self, PolicyError> {
         policy.validate()?;
         Ok(Self {
             shared: Arc::new(Shared {
                 service,
                 policy: policy.clone(),
-                state: Mutex::new(State::Closed { outcomes: VecDeque::new(), failures: 0 }),
+                state: Mutex::new(State::Closed {
+                    outcomes: VecDeque::new(),
+                    failures: 0,
+                }),
                 classifier,
             }),
         })
@@ -258,7 +293,10 @@ fn state_of<C>(shared: &Shared<C>) -> BreakerState {
 impl<S, C> Layer<S> for BreakerLayer<C> {
     type Service = Breaker<S, C>;
     fn layer(&self, inner: S) -> Breaker<S, C> {
-        Breaker { inner, shared: Some(self.shared.clone()) }
+        Breaker {
+            inner,
+            shared: Some(self.shared.clone()),
+        }
     }
 }
 
@@ -271,14 +309,20 @@ pub struct Breaker<S, C> {
 
 impl<S: Clone, C> Clone for Breaker<S, C> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), shared: self.shared.clone() }
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
     }
 }
 
 impl<S, C> Breaker<S, C> {
     /// No breaker: calls pass through.
     pub fn disabled(inner: S) -> Self {
-        Self { inner, shared: None }
+        Self {
+            inner,
+            shared: None,
+        }
     }
 
     /// The current state (`None` when disabled).
@@ -289,7 +333,10 @@ impl<S, C> Breaker<S, C> {
 
 impl<S: fmt::Debug, C> fmt::Debug for Breaker<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Breaker").field("state", &self.state()).field("inner", &self.inner).finish()
+        f.debug_struct("Breaker")
+            .field("state", &self.state())
+            .field("inner", &self.inner)
+            .finish()
     }
 }
 
@@ -309,18 +356,29 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let Some(shared) = &self.shared else {
-            return ResponseFuture { state: FutState::Pass { fut: self.inner.call(req) } };
+            return ResponseFuture {
+                state: FutState::Pass {
+                    fut: self.inner.call(req),
+                },
+            };
         };
         match shared.admit() {
             Ok(trial) => ResponseFuture {
                 state: FutState::Tracked {
                     fut: self.inner.call(req),
-                    guard: Some(Guard { shared: shared.clone(), trial }),
+                    guard: Some(Guard {
+                        shared: shared.clone(),
+                        trial,
+                    }),
                 },
             },
             Err(open) => {
                 tracing::debug!(service = %open.service, "call refused: circuit breaker open");
-                ResponseFuture { state: FutState::Refused { error: Some(open.into()) } }
+                ResponseFuture {
+                    state: FutState::Refused {
+                        error: Some(open.into()),
+                    },
+                }
             }
         }
     }
@@ -375,7 +433,9 @@ where
                 }
                 Poll::Ready(out)
             }
-            FutProj::Refused { error } => Poll::Ready(Err(error.take().expect("polled after completion"))),
+            FutProj::Refused { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
         }
     }
 }
@@ -389,7 +449,10 @@ mod tests {
         Shared {
             service: "svc:80".parse().unwrap(),
             policy,
-            state: Mutex::new(State::Closed { outcomes: VecDeque::new(), failures: 0 }),
+            state: Mutex::new(State::Closed {
+                outcomes: VecDeque::new(),
+                failures: 0,
+            }),
             classifier: ErrorsFail,
         }
     }
@@ -441,7 +504,10 @@ mod tests {
 
     #[test]
     fn validation_names_fields() {
-        let p = BreakerPolicy { minimum_calls: 200, ..BreakerPolicy::default() };
+        let p = BreakerPolicy {
+            minimum_calls: 200,
+            ..BreakerPolicy::default()
+        };
         assert_eq!(p.validate().unwrap_err().field, "minimumCalls");
     }
 }

@@ -92,7 +92,10 @@ impl LimitPolicy {
     /// Checks ranges; the error names the field.
     pub fn validate(&self) -> Result<(), PolicyError> {
         if self.max_concurrent_requests == Some(0) {
-            return Err(PolicyError::new("maxConcurrentRequests", "must be at least 1 (omit it for no limit)"));
+            return Err(PolicyError::new(
+                "maxConcurrentRequests",
+                "must be at least 1 (omit it for no limit)",
+            ));
         }
         if let Some(r) = &self.rate_limit {
             r.validate().map_err(|e| e.within("rateLimit"))?;
@@ -129,7 +132,8 @@ impl RateLimit {
     pub fn quota(&self) -> Result<Quota, PolicyError> {
         self.validate()?;
         let rps = NonZeroU32::new(self.requests_per_second).expect("validated");
-        let burst = NonZeroU32::new(self.burst.unwrap_or(self.requests_per_second)).expect("validated");
+        let burst =
+            NonZeroU32::new(self.burst.unwrap_or(self.requests_per_second)).expect("validated");
         Ok(Quota::per_second(rps).allow_burst(burst))
     }
 
@@ -310,7 +314,7 @@ where
         if shared.pending.fetch_add(1, Relaxed) >= shared.max_pending as usize {
             shared.pending.fetch_sub(1, Relaxed);
             let err = self.overloaded();
-            shed(&shared, "queue full");
+            shed(shared, "queue full");
             return ResponseFuture::failed(err.into());
         }
         shared.queued.fetch_add(1, Relaxed);
@@ -321,7 +325,9 @@ where
         ResponseFuture::waiting(Box::pin(async move {
             let acquire = semaphore.acquire_owned();
             let permit = match Deadline::of(&req) {
-                Some(d) => tokio::time::timeout_at(d.instant().into(), acquire).await.ok(),
+                Some(d) => tokio::time::timeout_at(d.instant().into(), acquire)
+                    .await
+                    .ok(),
                 None => Some(acquire.await),
             };
             shared.pending.fetch_sub(1, Relaxed);

@@ -42,7 +42,11 @@ fn upper(idx: usize) -> u64 {
 
 impl LatencyTracker {
     pub(crate) fn new(window: Duration) -> Self {
-        let zeros = || (0..BUCKETS).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
+        let zeros = || {
+            (0..BUCKETS)
+                .map(|_| AtomicU64::new(0))
+                .collect::<Box<[_]>>()
+        };
         Self {
             current: zeros(),
             previous: zeros(),
@@ -108,7 +112,10 @@ mod tests {
     fn buckets_are_within_an_eighth() {
         for v in [1u64, 7, 8, 100, 1_000, 123_456, 10_000_000, 1 << 40] {
             let up = upper(index(v));
-            assert!(up >= v && (up as f64) <= v as f64 * 1.13 + 1.0, "{v} -> {up}");
+            assert!(
+                up >= v && (up as f64) <= v as f64 * 1.13 + 1.0,
+                "{v} -> {up}"
+            );
         }
     }
 
@@ -120,6 +127,9 @@ mod tests {
         }
         assert!(t.quantile(0.9, 1_000).is_none());
         let p90 = t.quantile(0.9, 50).unwrap();
-        assert!(p90 >= Duration::from_millis(90) && p90 <= Duration::from_millis(102), "{p90:?}");
+        assert!(
+            p90 >= Duration::from_millis(90) && p90 <= Duration::from_millis(102),
+            "{p90:?}"
+        );
     }
 }

@@ -84,8 +84,8 @@ use std::{
 
 use futures_util::future::{Either, select};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
 use serde::Serialize;
+use tokio::time::Sleep;
 use tower::{
     Layer, ServiceExt,
     retry::budget::{Budget, TpsBudget},
@@ -95,10 +95,10 @@ use tower_service::Service;
 use self::latency::LatencyTracker;
 pub use self::{
     policy::{
-        Backoff, BudgetPolicy, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_BUDGET_MIN_PER_SECOND,
-        DEFAULT_BUDGET_RATIO, DEFAULT_BUDGET_TTL, DEFAULT_MAX_CONCURRENT_RETRIES,
-        DEFAULT_MAX_REPLAY_BYTES, DEFAULT_RETRIES, DEFAULT_RETRY_STATUSES, HedgePolicy, RetryOn,
-        RetryPolicy,
+        Backoff, BudgetPolicy, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX,
+        DEFAULT_BUDGET_MIN_PER_SECOND, DEFAULT_BUDGET_RATIO, DEFAULT_BUDGET_TTL,
+        DEFAULT_MAX_CONCURRENT_RETRIES, DEFAULT_MAX_REPLAY_BYTES, DEFAULT_RETRIES,
+        DEFAULT_RETRY_STATUSES, HedgePolicy, RetryOn, RetryPolicy,
     },
     replay::{ReplayBody, ReplayError},
 };
@@ -185,7 +185,11 @@ impl<C> Clone for RetryLayer<C> {
 
 impl<C> RetryLayer<C> {
     /// Retries requests to `service` by `policy`; `classifier` tells which results failed.
-    pub fn new(service: ServiceName, policy: RetryPolicy, classifier: C) -> Result<Self, PolicyError> {
+    pub fn new(
+        service: ServiceName,
+        policy: RetryPolicy,
+        classifier: C,
+    ) -> Result<Self, PolicyError> {
         policy.validate()?;
         let budget = TpsBudget::new(
             policy.budget.ttl,
@@ -341,7 +345,7 @@ where
             Err(mut svc) => {
                 let fut = svc.call(req);
                 let timer = per_try_timer(&shared, deadline);
-                ResponseFuture::first(shared, fut, None, timer)
+                ResponseFuture::first(shared, fut, None, timer).unreplayable(idempotent)
             }
         }
     }
@@ -370,10 +374,19 @@ impl<S, B> Ctx<S, B> {
     }
 }
 
-/// The per-try timer of the first attempt, if a per-try timeout is set.
-fn per_try_timer<C>(shared: &Shared<C>, deadline: Option<Deadline>) -> Option<(Sleep, Duration)> {
+/// The per-try limit of an attempt: the per-try timeout, unless the request's deadline comes
+/// first — then the timeout layer that set the deadline fails the request as a whole.
+fn per_try_limit<C>(shared: &Shared<C>, deadline: Option<Deadline>) -> Option<Duration> {
     let per_try = shared.policy.per_try_timeout?;
-    let limit = deadline.map_or(per_try, |d| per_try.min(d.remaining() + Duration::from_millis(1)));
+    match deadline {
+        Some(d) if d.remaining() <= per_try => None,
+        _ => Some(per_try),
+    }
+}
+
+/// The per-try timer of the first attempt, if one applies.
+fn per_try_timer<C>(shared: &Shared<C>, deadline: Option<Deadline>) -> Option<(Sleep, Duration)> {
+    let limit = per_try_limit(shared, deadline)?;
     Some((tokio::time::sleep(limit), limit))
 }
 
@@ -387,6 +400,8 @@ pin_project! {
         #[pin]
         state: State<S::Future, S::Response, S::Error>,
         ctx: Option<Ctx<S, B>>,
+        // Set when retries were possible but the body is too big to replay.
+        unreplayable: Option<bool>,
         shared: Option<Arc<Shared<C>>>,
         started: Instant,
     }
@@ -418,15 +433,23 @@ where
         Self {
             state: State::First { fut, timer, limit },
             ctx,
+            unreplayable: None,
             shared: Some(shared),
             started: Instant::now(),
         }
+    }
+
+    /// Retries were possible but the body cannot be replayed (`idempotent`: the method).
+    fn unreplayable(mut self, idempotent: bool) -> Self {
+        self.unreplayable = Some(idempotent);
+        self
     }
 
     fn slow(fut: BoxResult<S::Response, S::Error>) -> Self {
         Self {
             state: State::Slow { fut },
             ctx: None,
+            unreplayable: None,
             shared: None,
             started: Instant::now(),
         }
@@ -456,7 +479,10 @@ where
                         Poll::Ready(r) => (r, false),
                         Poll::Pending => match fired(timer.as_pin_mut(), cx) {
                             true => {
-                                let shared = this.shared.as_ref().expect("first attempt has its shared state");
+                                let shared = this
+                                    .shared
+                                    .as_ref()
+                                    .expect("first attempt has its shared state");
                                 tracing::debug!(service = %shared.service, after = ?limit, "attempt timed out");
                                 let err = TimedOut {
                                     service: shared.service.clone(),
@@ -468,7 +494,10 @@ where
                             false => return Poll::Pending,
                         },
                     };
-                    let shared = this.shared.take().expect("first attempt has its shared state");
+                    let shared = this
+                        .shared
+                        .take()
+                        .expect("first attempt has its shared state");
                     let class = classify(&shared, &result, timed_out);
                     let kind = match class {
                         ResponseClass::Success => {
@@ -483,10 +512,24 @@ where
                     // A cheap check first: most failures are not retryable, and those need no
                     // boxed retry loop.
                     let Some(ctx) = this.ctx.take() else {
+                        if let Some(idempotent) = *this.unreplayable {
+                            // Would it have been retried with a smaller body?
+                            if decide_kind(&shared, kind, timed_out, idempotent) {
+                                note_stop(&shared, Stop::NotReplayable, kind, 1);
+                            }
+                        }
                         this.state.set(State::Done);
                         return Poll::Ready(result);
                     };
-                    if let Some(stop) = decide(&shared, kind, timed_out, ctx.idempotent, 0, Some(&ctx.spare), ctx.deadline) {
+                    if let Some(stop) = decide(
+                        &shared,
+                        kind,
+                        timed_out,
+                        ctx.idempotent,
+                        0,
+                        Some(&ctx.spare),
+                        ctx.deadline,
+                    ) {
                         note_stop(&shared, stop, kind, 1);
                         this.state.set(State::Done);
                         return Poll::Ready(result);
@@ -559,7 +602,15 @@ where
     let mut attempt = 0u32;
     loop {
         let next = attempt + 1;
-        if let Some(stop) = decide(&shared, kind, timed_out, ctx.idempotent, attempt, Some(&ctx.spare), ctx.deadline) {
+        if let Some(stop) = decide(
+            &shared,
+            kind,
+            timed_out,
+            ctx.idempotent,
+            attempt,
+            Some(&ctx.spare),
+            ctx.deadline,
+        ) {
             note_stop(&shared, stop, kind, next);
             return last;
         }
@@ -584,7 +635,8 @@ where
             tokio::time::sleep(wait).await;
         }
         let started = Instant::now();
-        let (result, t) = with_per_try_timeout(&shared, ctx.deadline, call(&mut ctx.svc, req)).await;
+        let (result, t) =
+            with_per_try_timeout(&shared, ctx.deadline, call(&mut ctx.svc, req)).await;
         drop(slot);
         match classify(&shared, &result, t) {
             ResponseClass::Success => {
@@ -626,15 +678,7 @@ fn decide<C, B>(
 where
     B: http_body::Body,
 {
-    let on = &shared.policy.retry_on;
-    let retryable = match kind {
-        FailureKind::Connect => on.connect_failure,
-        FailureKind::Refused => on.refused_stream,
-        FailureKind::Timeout => timed_out && on.per_try_timeout && idempotent,
-        FailureKind::Status(s) => idempotent && on.statuses.contains(&s),
-        FailureKind::NoEndpoints | FailureKind::Local | FailureKind::Other => false,
-    };
-    if !retryable {
+    if !decide_kind(shared, kind, timed_out, idempotent) {
         return Some(Stop::NotRetryable);
     }
     if attempt >= shared.policy.attempts {
@@ -647,6 +691,23 @@ where
         return Some(Stop::Deadline);
     }
     None
+}
+
+/// Whether this kind of failure is retried for this request at all (see the module docs).
+fn decide_kind<C>(
+    shared: &Shared<C>,
+    kind: FailureKind,
+    timed_out: bool,
+    idempotent: bool,
+) -> bool {
+    let on = &shared.policy.retry_on;
+    match kind {
+        FailureKind::Connect => on.connect_failure,
+        FailureKind::Refused => on.refused_stream,
+        FailureKind::Timeout => timed_out && on.per_try_timeout && idempotent,
+        FailureKind::Status(s) => idempotent && on.statuses.contains(&s),
+        FailureKind::NoEndpoints | FailureKind::Local | FailureKind::Other => false,
+    }
 }
 
 fn note_stop<C>(shared: &Shared<C>, stop: Stop, kind: FailureKind, next: u32) {
@@ -712,11 +773,9 @@ where
     F: Future<Output = Result<T, E>>,
     E: From<TimedOut>,
 {
-    let Some(per_try) = shared.policy.per_try_timeout else {
+    let Some(limit) = per_try_limit(shared, deadline) else {
         return (attempt.await, false);
     };
-    // The deadline's own timer is the timeout layer's; the per-try timer only fires first.
-    let limit = deadline.map_or(per_try, |d| per_try.min(d.remaining() + Duration::from_millis(1)));
     match tokio::time::timeout(limit, attempt).await {
         Ok(r) => (r, false),
         Err(_) => {
@@ -744,7 +803,11 @@ where
     C: Classify<S::Response, S::Error>,
     B: http_body::Body,
 {
-    let hedge = shared.policy.hedge.as_ref().expect("hedged() only with a hedge policy");
+    let hedge = shared
+        .policy
+        .hedge
+        .as_ref()
+        .expect("hedged() only with a hedge policy");
     let delay = shared
         .latency
         .as_ref()
@@ -772,7 +835,9 @@ where
             tracing::debug!(service = %shared.service, "not hedged: retry budget exhausted");
             return first.await;
         }
-        let Some(again) = ctx.again() else { return first.await };
+        let Some(again) = ctx.again() else {
+            return first.await;
+        };
         if ctx.svc.ready().await.is_err() {
             return first.await;
         }
@@ -789,7 +854,11 @@ where
 }
 
 /// The first result if it succeeded, otherwise whatever the other attempt gives.
-async fn prefer_success<C, T, E, F>(shared: &Shared<C>, first: Result<T, E>, other: F) -> Result<T, E>
+async fn prefer_success<C, T, E, F>(
+    shared: &Shared<C>,
+    first: Result<T, E>,
+    other: F,
+) -> Result<T, E>
 where
     C: Classify<T, E>,
     F: Future<Output = Result<T, E>>,

@@ -98,9 +98,17 @@ impl RetryPolicy {
             return Err(PolicyError::new("attempts", "at most 10 retries"));
         }
         if self.per_try_timeout.is_some_and(|t| t.is_zero()) {
-            return Err(PolicyError::new("perTryTimeout", "must be greater than zero"));
+            return Err(PolicyError::new(
+                "perTryTimeout",
+                "must be greater than zero",
+            ));
         }
-        if let Some(s) = self.retry_on.statuses.iter().find(|s| !(100..=599).contains(*s)) {
+        if let Some(s) = self
+            .retry_on
+            .statuses
+            .iter()
+            .find(|s| !(100..=599).contains(*s))
+        {
             return Err(PolicyError::new(
                 "retryOn.statuses",
                 format!("{s} is not an HTTP status code"),
@@ -176,7 +184,9 @@ impl Backoff {
         if ceiling.is_zero() {
             return ceiling;
         }
-        Duration::from_nanos(fastrand::u64(..=ceiling.as_nanos().min(u128::from(u64::MAX)) as u64))
+        Duration::from_nanos(fastrand::u64(
+            ..=ceiling.as_nanos().min(u128::from(u64::MAX)) as u64,
+        ))
     }
 
     fn validate(&self) -> Result<(), PolicyError> {
@@ -278,9 +288,10 @@ mod tests {
 
     #[test]
     fn invalid_values_name_their_field() {
-        let p: RetryPolicy =
-            serde_json::from_str(r#"{"budget": {"ttl": "2m"}, "backoff": {"base": "1s", "max": "10ms"}}"#)
-                .unwrap();
+        let p: RetryPolicy = serde_json::from_str(
+            r#"{"budget": {"ttl": "2m"}, "backoff": {"base": "1s", "max": "10ms"}}"#,
+        )
+        .unwrap();
         let e = p.validate().unwrap_err();
         assert_eq!(e.field, "backoff.max");
         let p: RetryPolicy = serde_json::from_str(r#"{"budget": {"ttl": "2m"}}"#).unwrap();

@@ -178,7 +178,9 @@ where
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
-            Kind::Once(body) => match Pin::new(body.get_mut().unwrap_or_else(|e| e.into_inner())).poll_frame(cx) {
+            Kind::Once(body) => match Pin::new(body.get_mut().unwrap_or_else(|e| e.into_inner()))
+                .poll_frame(cx)
+            {
                 Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(
                     frame.map_data(|mut d| d.copy_to_bytes(d.remaining()))
                 ))),
@@ -284,7 +286,7 @@ where
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Once(b) => b.lock().unwrap_or_else(|e| e.into_inner()).size_hint(),
-            Kind::Shared { state, .. } => lock(state).hint.clone(),
+            Kind::Shared { state, .. } => lock(state).hint,
         }
     }
 }

@@ -167,7 +167,10 @@ where
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             if sleep.poll(cx).is_ready() {
-                let err = this.error.take().expect("timeout error present with a sleep");
+                let err = this
+                    .error
+                    .take()
+                    .expect("timeout error present with a sleep");
                 tracing::debug!(service = %err.service, after = ?err.after, "request timed out");
                 return Poll::Ready(Err(err.into()));
             }

@@ -69,9 +69,9 @@ use mesh_core::{
     retry::{ReplayBody, Retry, RetryCounts, RetryLayer},
     timeout::{self, Timeout, TimeoutLayer},
 };
+use pin_project_lite::pin_project;
 use serde::Serialize;
 use tower::Layer;
-use pin_project_lite::pin_project;
 use tower_service::Service;
 use tracing::{Instrument, instrument::Instrumented};
 
@@ -303,14 +303,17 @@ where
             .map_err(policy_error)?
             .layer(balancer.clone());
         let breaker_layer = match &config.breaker {
-            Some(p) => Some(BreakerLayer::new(name.clone(), p, HttpClassifier).map_err(policy_error)?),
+            Some(p) => {
+                Some(BreakerLayer::new(name.clone(), p, HttpClassifier).map_err(policy_error)?)
+            }
             None => None,
         };
         let breaker = match &breaker_layer {
             Some(l) => l.layer(limit.clone()),
             None => Breaker::disabled(limit.clone()),
         };
-        let retry = RetryLayer::new(name.clone(), config.retries, HttpClassifier).map_err(policy_error)?;
+        let retry =
+            RetryLayer::new(name.clone(), config.retries, HttpClassifier).map_err(policy_error)?;
         let stack = TimeoutLayer::new(name.clone(), config.timeout).layer(retry.layer(breaker));
         Ok(Dest {
             name,
@@ -357,7 +360,11 @@ impl<B> fmt::Debug for MeshClient<B> {
 }
 
 type StackFuture<B> = timeout::ResponseFuture<
-    mesh_core::retry::ResponseFuture<Breaker<Limit<Balanced<B>>, HttpClassifier>, B, HttpClassifier>,
+    mesh_core::retry::ResponseFuture<
+        Breaker<Limit<Balanced<B>>, HttpClassifier>,
+        B,
+        HttpClassifier,
+    >,
 >;
 
 pin_project! {
