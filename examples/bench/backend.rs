@@ -35,7 +35,25 @@ impl Drop for Backend {
     }
 }
 
+/// How a backend answers: after `delay`; a `slow_ratio` share of requests after `slow_delay`
+/// instead; a `fail_ratio` share with 503.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Behavior {
+    pub delay: Duration,
+    pub slow_ratio: f64,
+    pub slow_delay: Duration,
+    pub fail_ratio: f64,
+}
+
 pub async fn start(delay: Duration) -> Backend {
+    start_with(Behavior {
+        delay,
+        ..Behavior::default()
+    })
+    .await
+}
+
+pub async fn start_with(behavior: Behavior) -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind backend");
@@ -53,11 +71,18 @@ pub async fn start(delay: Duration) -> Backend {
             conns.spawn(async move {
                 let svc = service_fn(move |_req: Request<Incoming>| {
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let b = behavior;
                     async move {
+                        let slow = b.slow_ratio > 0.0 && fastrand::f64() < b.slow_ratio;
+                        let delay = if slow { b.slow_delay } else { b.delay };
                         if !delay.is_zero() {
                             precise_sleep(delay).await;
                         }
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+                        let mut rsp = Response::new(Full::new(Bytes::from_static(b"ok\n")));
+                        if b.fail_ratio > 0.0 && fastrand::f64() < b.fail_ratio {
+                            *rsp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, Infallible>(rsp)
                     }
                 });
                 let _ = http1::Builder::new()

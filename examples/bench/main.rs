@@ -12,6 +12,12 @@
 //!   backend), `haproxy` (hyper-util client → one HAProxy hop → backend), at concurrency 1 and 32.
 //! - `lb`: four backends, one 10x slower; `p2c-ewma`, `round-robin`, `oracle` (the three fast
 //!   ones only), concurrency 16.
+//! - `faults`: the default stack, concurrency 16, with extra columns `success_pct`,
+//!   `attempts_per_request` (and `ejected_after_ms`): `dead-backend` (1 of 3 refuses
+//!   connections), `flaky` (1 of 3 answers 503 half the time), `all-down`, `slow-one` (1 of 3
+//!   answers 10 % of requests after 100 ms) and `slow-one-hedged` (both round robin, so that the
+//!   slow replica keeps its share and the rows isolate hedging), and `slow-one-p2c` (the default
+//!   balancer, which avoids the slow replica by itself).
 //!
 //! The backend, the load generator and the client share one tokio runtime with one worker per
 //! core; their CPU is in every variant alike (it dilutes ratios: say so next to them). HAProxy is
@@ -49,7 +55,7 @@ pub struct Opts {
     concurrency: Vec<usize>,
 }
 
-const USAGE: &str = "usage: bench <overhead|lb> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...] [--concurrency N,...]";
+const USAGE: &str = "usage: bench <overhead|lb|faults> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...] [--concurrency N,...]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
@@ -153,6 +159,16 @@ async fn main_async(opts: Opts) -> Result<bool, String> {
                 rows,
                 checks,
                 "backend, client and load generator share one process and runtime; HAProxy CPU is added to its rows",
+            )
+        }
+        "faults" => {
+            let s = scenarios::Faults::new().await;
+            let rows = rounds(&opts, &s.variants, &[16]).await;
+            let checks = scenarios::Faults::checks(&rows);
+            (
+                rows,
+                checks,
+                "the default stack; 1 ms backends; one refuses connections, returns 503 half the time, or answers 10 % of requests after 100 ms; all-down refuses everywhere; slow-one(-hedged) balance round robin; a new client per run",
             )
         }
         "lb" => {

@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use mesh::core::{BalanceConfig, Endpoint, LbPolicy, Mesh, ServiceConfig, discover::StaticSource};
+use mesh::core::{
+    BalanceConfig, Endpoint, LbPolicy, Mesh, ServiceConfig, discover::StaticSource,
+    outlier::HealthState,
+};
 use mesh::hyper::MeshClient;
 
 use crate::{
@@ -30,6 +33,13 @@ fn mesh_client(
         },
         ..ServiceConfig::default()
     };
+    mesh_client_with(endpoints, config)
+}
+
+fn mesh_client_with(
+    endpoints: Vec<Endpoint>,
+    config: ServiceConfig,
+) -> MeshClient<http_body_util::Empty<bytes::Bytes>> {
     let mesh = Mesh::builder()
         .service_with(
             "bench.backend:8080",
@@ -257,5 +267,230 @@ impl Lb {
             p2c.p99_us <= 0.2 * rr.p99_us,
         ));
         out
+    }
+}
+
+/// A free loopback port nobody listens on: connections to it are refused.
+fn refused_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// `faults`: the default stack against failing backends.
+pub struct Faults {
+    _backends: Vec<backend::Backend>,
+    pub variants: Vec<Variant>,
+}
+
+/// Service times in `faults`: 1 ms normally; the slow replica answers 10 % of its requests
+/// after 100 ms (a replica with pauses: the tail hedging is for).
+const FAULT_DELAY: Duration = Duration::from_millis(1);
+const SLOW_DELAY: Duration = Duration::from_millis(100);
+
+impl Faults {
+    pub async fn new() -> Self {
+        let normal = backend::Behavior {
+            delay: FAULT_DELAY,
+            ..backend::Behavior::default()
+        };
+        let mut backends = Vec::new();
+        for _ in 0..2 {
+            backends.push(backend::start_with(normal).await);
+        }
+        let flaky = backend::start_with(backend::Behavior {
+            fail_ratio: 0.5,
+            ..normal
+        })
+        .await;
+        let slow = backend::start_with(backend::Behavior {
+            slow_ratio: 0.1,
+            slow_delay: SLOW_DELAY,
+            ..normal
+        })
+        .await;
+        let good: Vec<Endpoint> = backends.iter().map(|b| Endpoint::new(b.addr)).collect();
+        let dead = refused_addr();
+        let with = |extra: std::net::SocketAddr| {
+            let mut e = good.clone();
+            e.push(Endpoint::new(extra));
+            e
+        };
+        // The slow-one pair balances round robin, so that the slow replica keeps its share of
+        // first attempts (as behind any balancer that cannot see latency, e.g. kube-proxy) and
+        // the rows show what hedging does; `slow-one-p2c` shows the default balancer alone,
+        // which routes around the slow replica by itself.
+        let round_robin = ServiceConfig {
+            balance: BalanceConfig {
+                policy: LbPolicy::RoundRobin,
+                ..BalanceConfig::default()
+            },
+            ..ServiceConfig::default()
+        };
+        let hedged = {
+            let mut c = round_robin.clone();
+            c.retries.hedge = Some(mesh::core::retry::HedgePolicy::default());
+            c
+        };
+        let variants = vec![
+            fault_variant(
+                "dead-backend",
+                with(dead),
+                ServiceConfig::default(),
+                Some(dead),
+            ),
+            fault_variant(
+                "flaky",
+                with(flaky.addr),
+                ServiceConfig::default(),
+                Some(flaky.addr),
+            ),
+            fault_variant(
+                "all-down",
+                vec![
+                    Endpoint::new(refused_addr()),
+                    Endpoint::new(refused_addr()),
+                    Endpoint::new(dead),
+                ],
+                ServiceConfig::default(),
+                None,
+            ),
+            fault_variant("slow-one", with(slow.addr), round_robin, None),
+            fault_variant("slow-one-hedged", with(slow.addr), hedged, None),
+            fault_variant(
+                "slow-one-p2c",
+                with(slow.addr),
+                ServiceConfig::default(),
+                None,
+            ),
+        ];
+        backends.push(flaky);
+        backends.push(slow);
+        Self {
+            _backends: backends,
+            variants,
+        }
+    }
+
+    pub fn checks(rows: &[Row]) -> Vec<Check> {
+        let mut out = Vec::new();
+        let extra = |r: &Row, k: &str| r.extra.get(k).copied().unwrap_or(f64::NAN);
+        if let Some(r) = rows.iter().find(|r| r.variant == "dead-backend") {
+            let s = extra(r, "success_pct");
+            out.push(Check::new(
+                "dead-backend success >= 99.9 %",
+                format!("{s:.3} %"),
+                s >= 99.9,
+            ));
+        }
+        if let Some(r) = rows.iter().find(|r| r.variant == "flaky") {
+            let s = extra(r, "success_pct");
+            out.push(Check::new(
+                "flaky success >= 99.9 %",
+                format!("{s:.3} %"),
+                s >= 99.9,
+            ));
+            let e = extra(r, "ejected_after_ms");
+            out.push(Check::new(
+                "flaky endpoint ejected within 2 s (first request to first Ejected state, polled every 5 ms)",
+                format!("{e:.0} ms"),
+                e <= 2000.0,
+            ));
+        }
+        if let Some(r) = rows.iter().find(|r| r.variant == "all-down") {
+            let a = extra(r, "attempts_per_request");
+            out.push(Check::new(
+                "all-down attempts per request <= 1.2",
+                format!("{a:.4}"),
+                a <= 1.2,
+            ));
+        }
+        if let (Some(plain), Some(hedged)) = (
+            rows.iter().find(|r| r.variant == "slow-one"),
+            rows.iter().find(|r| r.variant == "slow-one-hedged"),
+        ) {
+            out.push(Check::new(
+                "slow-one-hedged p99 <= 0.5x slow-one p99",
+                format!(
+                    "{:.0} us vs {:.0} us: {:.2}x",
+                    hedged.p99_us,
+                    plain.p99_us,
+                    hedged.p99_us / plain.p99_us
+                ),
+                hedged.p99_us <= 0.5 * plain.p99_us,
+            ));
+        }
+        out
+    }
+}
+
+/// A `faults` variant: a new client per run over `endpoints`; reports success, attempts per
+/// request and (when `watch` is given) when that endpoint was first ejected.
+fn fault_variant(
+    name: &str,
+    endpoints: Vec<Endpoint>,
+    config: ServiceConfig,
+    watch: Option<std::net::SocketAddr>,
+) -> Variant {
+    Variant {
+        name: name.to_owned(),
+        run: Box::new(move |c, warmup, duration| {
+            let client = mesh_client_with(endpoints.clone(), config.clone());
+            let target = Arc::new(targets::Mesh::new(
+                client.clone(),
+                "http://bench.backend:8080/",
+            ));
+            Box::pin(async move {
+                let service: mesh::core::ServiceName =
+                    "bench.backend:8080".parse().expect("valid name");
+                let started = std::time::Instant::now();
+                let watcher = watch.map(|addr| {
+                    let client = client.clone();
+                    let service = service.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            let ejected = client.endpoints(&service).is_some_and(|eps| {
+                                eps.iter()
+                                    .any(|e| e.addr == addr && e.health == HealthState::Ejected)
+                            });
+                            if ejected {
+                                return started.elapsed();
+                            }
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    })
+                });
+                load::run(target.clone(), c, warmup, &no_external).await;
+                let before = client
+                    .stats(&service)
+                    .map(|s| s.retries.attempts())
+                    .unwrap_or(0);
+                let mut sample = load::run(target, c, duration, &no_external).await;
+                let after = client
+                    .stats(&service)
+                    .map(|s| s.retries.attempts())
+                    .unwrap_or(0);
+                let n = sample.requests.max(1) as f64;
+                sample.extra.insert(
+                    "success_pct",
+                    (sample.requests - sample.errors) as f64 * 100.0 / n,
+                );
+                sample
+                    .extra
+                    .insert("attempts_per_request", (after - before) as f64 / n);
+                if let Some(w) = watcher {
+                    let ms = if w.is_finished() {
+                        w.await
+                            .map(|d| d.as_secs_f64() * 1000.0)
+                            .unwrap_or(f64::NAN)
+                    } else {
+                        w.abort();
+                        f64::INFINITY
+                    };
+                    sample.extra.insert("ejected_after_ms", ms);
+                }
+                sample
+            })
+        }),
     }
 }

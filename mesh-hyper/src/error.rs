@@ -49,7 +49,10 @@ pub enum Error {
         error: PolicyError,
     },
     /// No connection to the chosen endpoint could be made; the request was not sent.
-    #[error("connecting to {endpoint} for service {service:?} failed: {source}")]
+    #[error(
+        "connecting to {endpoint} for service {service:?} failed: {}",
+        cause(source)
+    )]
     Connect {
         /// The service.
         service: ServiceName,
@@ -60,7 +63,10 @@ pub enum Error {
         source: hyper_util::client::legacy::Error,
     },
     /// The request failed on an established connection (reset, protocol error, closed early).
-    #[error("request to {endpoint} for service {service:?} failed: {source}")]
+    #[error(
+        "request to {endpoint} for service {service:?} failed: {}",
+        cause(source)
+    )]
     Request {
         /// The service.
         service: ServiceName,
@@ -70,6 +76,19 @@ pub enum Error {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+}
+
+/// hyper's error with its innermost cause ("client error (Connect): Connection refused").
+fn cause(e: &hyper_util::client::legacy::Error) -> String {
+    let mut root: &(dyn StdError + 'static) = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    if std::ptr::addr_eq(root, e as &(dyn StdError + 'static)) {
+        e.to_string()
+    } else {
+        format!("{e}: {root}")
+    }
 }
 
 impl Error {
