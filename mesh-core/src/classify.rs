@@ -95,7 +95,17 @@ impl fmt::Display for FailureKind {
 pub trait Classify<T, E> {
     /// The class of one result.
     fn classify(&self, result: Result<&T, &E>) -> ResponseClass;
+
+    /// The endpoint that produced a failed result, when the protocol records it (errors naming
+    /// their endpoint, a marker on failed responses). Retries use it to go elsewhere.
+    fn endpoint(&self, _result: Result<&T, &E>) -> Option<std::net::SocketAddr> {
+        None
+    }
 }
+
+/// Put in the extensions of a failed response by protocol crates: which endpoint answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServedBy(pub std::net::SocketAddr);
 
 /// The default classifier where a protocol gives none: every error is a failure
 /// ([`FailureKind::Other`]), every response a success.
@@ -114,5 +124,9 @@ impl<T, E> Classify<T, E> for ErrorsFail {
 impl<T, E, C: Classify<T, E>> Classify<T, E> for std::sync::Arc<C> {
     fn classify(&self, result: Result<&T, &E>) -> ResponseClass {
         (**self).classify(result)
+    }
+
+    fn endpoint(&self, result: Result<&T, &E>) -> Option<std::net::SocketAddr> {
+        (**self).endpoint(result)
     }
 }

@@ -120,7 +120,11 @@ impl OutlierDetection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct SuccessRate {
-    /// Eject below this success rate (0.8: more than one failure in five).
+    /// Eject below this success rate. Default 0.8 (more than one failure in five), chosen here:
+    /// there is no common default to follow (Envoy's success-rate detection is relative to the
+    /// mean and off below 5 hosts; its failure-percentage detection ejects at 85 % failures).
+    /// Because an endpoint is only ejected while its peers do better than the threshold, a
+    /// service failing everywhere alike keeps all its endpoints.
     pub threshold: f64,
     /// Only judge endpoints with at least this many requests in the window.
     pub min_requests: u32,
@@ -339,12 +343,11 @@ impl Outlier {
     }
 
     /// Folds one result of `addr` into its health; may eject or re-admit it.
-    pub(crate) fn record(&self, addr: SocketAddr, health: &Health, class: ResponseClass) {
+    pub(crate) fn record(&self, addr: SocketAddr, health: &Health, class: ResponseClass, now: Instant) {
         let Some(cfg) = &self.config else { return };
         if health.state.load(Acquire) == REMOVED {
             return;
         }
-        let now = Instant::now();
         let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         let sec = now_ns / 1_000_000_000;
         let ok = !class.is_failure();
@@ -532,17 +535,17 @@ mod tests {
         let (o, hs) = outlier(cfg, 4);
         let h = &hs[0];
         for _ in 0..4 {
-            o.record(addr(), h, FAIL);
+            o.record(addr(), h, FAIL, Instant::now());
         }
         assert_eq!(h.state(), HealthState::Active);
-        o.record(addr(), h, FAIL);
+        o.record(addr(), h, FAIL, Instant::now());
         assert_eq!(h.state(), HealthState::Ejected);
         assert!(o.any_ejected());
         std::thread::sleep(Duration::from_millis(5));
         let now = o.epoch.elapsed().as_nanos() as u64;
         assert!(h.try_probe(now));
         assert!(!h.try_probe(now), "only one probe");
-        o.record(addr(), h, OK);
+        o.record(addr(), h, OK, Instant::now());
         assert_eq!(h.state(), HealthState::Active);
         assert!(!o.any_ejected());
     }
@@ -557,12 +560,12 @@ mod tests {
         };
         let (o, hs) = outlier(cfg, 2);
         let h = &hs[0];
-        o.record(addr(), h, FAIL);
+        o.record(addr(), h, FAIL, Instant::now());
         let first = h.ejected_until_ns();
         assert!(first >= 10_000_000_000);
         h.ejected_until_ns.store(0, Relaxed);
         assert!(h.try_probe(1));
-        o.record(addr(), h, FAIL);
+        o.record(addr(), h, FAIL, Instant::now());
         assert_eq!(h.state(), HealthState::Ejected);
         let now = o.epoch.elapsed().as_nanos() as u64;
         let second = h.ejected_until_ns() - now;
@@ -578,7 +581,7 @@ mod tests {
         };
         let (o, hs) = outlier(cfg, 3);
         for h in &hs {
-            o.record(addr(), h, FAIL);
+            o.record(addr(), h, FAIL, Instant::now());
         }
         let ejected = hs.iter().filter(|h| !h.is_active()).count();
         assert_eq!(ejected, 1, "50 % of 3 is 1");
@@ -593,11 +596,11 @@ mod tests {
         // Peers all succeed: the half-failing endpoint is an outlier.
         let (o, hs) = outlier(cfg.clone(), 3);
         for _ in 0..50 {
-            o.record(addr(), &hs[1], OK);
-            o.record(addr(), &hs[2], OK);
+            o.record(addr(), &hs[1], OK, Instant::now());
+            o.record(addr(), &hs[2], OK, Instant::now());
         }
         for i in 0..40 {
-            o.record(addr(), &hs[0], if i % 2 == 0 { FAIL } else { OK });
+            o.record(addr(), &hs[0], if i % 2 == 0 { FAIL } else { OK }, Instant::now());
         }
         assert_eq!(hs[0].state(), HealthState::Ejected);
 
@@ -605,7 +608,7 @@ mod tests {
         let (o, hs) = outlier(cfg, 3);
         for i in 0..40 {
             for h in &hs {
-                o.record(addr(), h, if i % 2 == 0 { FAIL } else { OK });
+                o.record(addr(), h, if i % 2 == 0 { FAIL } else { OK }, Instant::now());
             }
         }
         assert!(hs.iter().all(|h| h.state() == HealthState::Active));

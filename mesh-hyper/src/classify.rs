@@ -15,7 +15,7 @@
 //! | any other error | `Failure(Other)` |
 //!
 //! ```
-//! use mesh_core::classify::{Classify, FailureKind, ResponseClass};
+//! use mesh_core::classify::{Classify, FailureKind, ResponseClass, ServedBy};
 //! use mesh_hyper::HttpClassifier;
 //!
 //! let rsp = http::Response::builder().status(503).body(()).unwrap();
@@ -27,7 +27,7 @@
 
 use std::error::Error as StdError;
 
-use mesh_core::classify::{Classify, FailureKind, ResponseClass};
+use mesh_core::classify::{Classify, FailureKind, ResponseClass, ServedBy};
 
 use crate::Error;
 
@@ -43,6 +43,13 @@ impl<B> Classify<http::Response<B>, Error> for HttpClassifier {
             }
             Ok(_) => ResponseClass::Success,
             Err(e) => ResponseClass::Failure(failure_kind(e)),
+        }
+    }
+
+    fn endpoint(&self, result: Result<&http::Response<B>, &Error>) -> Option<std::net::SocketAddr> {
+        match result {
+            Ok(rsp) => rsp.extensions().get::<ServedBy>().map(|s| s.0),
+            Err(e) => e.endpoint(),
         }
     }
 }

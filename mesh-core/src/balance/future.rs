@@ -56,7 +56,7 @@ impl<S> InFlight<S> {
         self.slot.load.observe(rtt, now_ns, self.decay_ns);
         self.slot
             .outlier
-            .record(self.slot.endpoint.addr, &self.slot.health, class);
+            .record(self.slot.endpoint.addr, &self.slot.health, class, now);
     }
 }
 
@@ -79,6 +79,35 @@ type BoxResponse<S, Req> = Pin<
 >;
 
 pin_project! {
+    /// The endpoint call: made at once, or (if the endpoint was not ready) after it is.
+    #[project = CallProj]
+    pub(crate) enum Call<S: Service<Req>, Req> {
+        Called { #[pin] fut: S::Future },
+        Waiting { #[pin] oneshot: Oneshot<S, Req> },
+    }
+}
+
+#[allow(non_snake_case)]
+impl<S: Service<Req>, Req> Call<S, Req> {
+    pub(crate) fn Called(fut: S::Future) -> Self {
+        Call::Called { fut }
+    }
+    pub(crate) fn Waiting(oneshot: Oneshot<S, Req>) -> Self {
+        Call::Waiting { oneshot }
+    }
+}
+
+impl<S: Service<Req>, Req> Future for Call<S, Req> {
+    type Output = Result<S::Response, S::Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CallProj::Called { fut } => fut.poll(cx),
+            CallProj::Waiting { oneshot } => oneshot.poll(cx),
+        }
+    }
+}
+
+pin_project! {
     /// Response future of [`Balancer`](super::Balancer).
     pub struct ResponseFuture<S: Service<Req>, Req, C> {
         #[pin]
@@ -89,14 +118,14 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S: Service<Req>, Req, C> {
-        Called { #[pin] call: Oneshot<S, Req>, in_flight: Option<InFlight<S>>, classifier: C },
+        Called { #[pin] call: Call<S, Req>, in_flight: Option<InFlight<S>>, classifier: C },
         Waiting { fut: BoxResponse<S, Req> },
         Failed { error: Option<S::Error> },
     }
 }
 
 impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
-    pub(crate) fn called(call: Oneshot<S, Req>, in_flight: InFlight<S>, classifier: C) -> Self {
+    pub(crate) fn called(call: Call<S, Req>, in_flight: InFlight<S>, classifier: C) -> Self {
         Self {
             state: State::Called {
                 call,

@@ -67,7 +67,7 @@ use tower_service::Service;
 
 use self::{
     ewma::{PeakEwma, nanos_since},
-    future::InFlight,
+    future::{Call, InFlight},
     table::{Picker, Slot, Table},
 };
 pub use self::{
@@ -517,11 +517,15 @@ where
         tracing::debug!(service = %shared.service, endpoint = %slot.endpoint.addr, "endpoint selected");
     }
     let in_flight = InFlight::new(slot.clone(), shared, start);
-    ResponseFuture::called(
-        Oneshot::new(slot.service.clone(), req),
-        in_flight,
-        shared.classifier.clone(),
-    )
+    // Endpoint services are usually always ready (hyper-util's client is): check without
+    // parking and call at once, so the future holds the call's future rather than the request.
+    let mut svc = slot.service.clone();
+    let call = match svc.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
+        Poll::Ready(Ok(())) => Call::Called(svc.call(req)),
+        Poll::Ready(Err(e)) => return ResponseFuture::failed(e),
+        Poll::Pending => Call::Waiting(Oneshot::new(svc, req)),
+    };
+    ResponseFuture::called(call, in_flight, shared.classifier.clone())
 }
 
 impl<S, C, B> Service<http::Request<B>> for Balancer<S, C>

@@ -55,7 +55,7 @@ use governor::{
 };
 use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tower::Layer;
 use tower_service::Service;
 
@@ -182,7 +182,11 @@ pub struct LimitCounts {
 
 struct Shared {
     service: ServiceName,
-    semaphore: Option<Arc<Semaphore>>,
+    /// Requests admitted and not finished (only counted with a concurrency limit).
+    in_flight: AtomicUsize,
+    /// Woken when a slot frees up, for queued requests.
+    freed: Notify,
+    limited: bool,
     max_concurrent: u32,
     max_pending: u32,
     pending: AtomicUsize,
@@ -209,9 +213,9 @@ impl LimitLayer {
         Ok(Self {
             shared: Arc::new(Shared {
                 service,
-                semaphore: policy
-                    .max_concurrent_requests
-                    .map(|n| Arc::new(Semaphore::new(n as usize))),
+                in_flight: AtomicUsize::new(0),
+                freed: Notify::new(),
+                limited: policy.max_concurrent_requests.is_some(),
                 max_concurrent: policy.max_concurrent_requests.unwrap_or(u32::MAX),
                 max_pending: policy.max_pending_requests,
                 pending: AtomicUsize::new(0),
@@ -251,12 +255,9 @@ impl<S> Limit<S> {
         }
     }
 
-    /// Requests in flight now.
+    /// Requests in flight now (counted only with a concurrency limit).
     pub fn in_flight(&self) -> u32 {
-        match &self.shared.semaphore {
-            Some(s) => self.shared.max_concurrent - s.available_permits() as u32,
-            None => 0,
-        }
+        self.shared.in_flight.load(Relaxed) as u32
     }
 }
 
@@ -304,11 +305,11 @@ where
                 );
             }
         }
-        let Some(semaphore) = &shared.semaphore else {
+        if !shared.limited {
             return ResponseFuture::admitted(self.inner.call(req), None);
-        };
-        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
-            return ResponseFuture::admitted(self.inner.call(req), Some(permit));
+        }
+        if let Some(slot) = Slot::try_take(shared) {
+            return ResponseFuture::admitted(self.inner.call(req), Some(slot));
         }
         // All slots taken: wait in the bounded queue, or shed.
         if shared.pending.fetch_add(1, Relaxed) >= shared.max_pending as usize {
@@ -320,25 +321,58 @@ where
         shared.queued.fetch_add(1, Relaxed);
         let shared = shared.clone();
         let mut inner = self.inner.clone();
-        let semaphore = semaphore.clone();
         let overloaded = self.overloaded();
         ResponseFuture::waiting(Box::pin(async move {
-            let acquire = semaphore.acquire_owned();
-            let permit = match Deadline::of(&req) {
-                Some(d) => tokio::time::timeout_at(d.instant().into(), acquire)
-                    .await
-                    .ok(),
-                None => Some(acquire.await),
+            let deadline = Deadline::of(&req);
+            let slot = loop {
+                let freed = shared.freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if let Some(slot) = Slot::try_take(&shared) {
+                    break Some(slot);
+                }
+                match deadline {
+                    Some(d) => {
+                        if tokio::time::timeout_at(d.instant().into(), freed).await.is_err() {
+                            break None;
+                        }
+                    }
+                    None => freed.await,
+                }
             };
             shared.pending.fetch_sub(1, Relaxed);
-            let Some(Ok(permit)) = permit else {
+            let Some(slot) = slot else {
                 shed(&shared, "deadline passed while queued");
                 return Err(overloaded.into());
             };
             let rsp = inner.call(req).await;
-            drop(permit);
+            drop(slot);
             rsp
         }))
+    }
+}
+
+/// One admitted request: a concurrency slot, given back on drop (waking a queued request).
+pub struct Slot(Arc<Shared>);
+
+impl Slot {
+    fn try_take(shared: &Arc<Shared>) -> Option<Self> {
+        let n = shared.in_flight.fetch_add(1, Relaxed);
+        if n < shared.max_concurrent as usize {
+            Some(Self(shared.clone()))
+        } else {
+            shared.in_flight.fetch_sub(1, Relaxed);
+            None
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+        if self.0.pending.load(Relaxed) > 0 {
+            self.0.freed.notify_one();
+        }
     }
 }
 
@@ -371,14 +405,14 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, T, E> {
-        Admitted { #[pin] fut: F, permit: Option<OwnedSemaphorePermit> },
+        Admitted { #[pin] fut: F, permit: Option<Slot> },
         Waiting { fut: Pin<Box<dyn Future<Output = Result<T, E>> + Send>> },
         Failed { error: Option<E> },
     }
 }
 
 impl<F, T, E> ResponseFuture<F, T, E> {
-    fn admitted(fut: F, permit: Option<OwnedSemaphorePermit>) -> Self {
+    fn admitted(fut: F, permit: Option<Slot>) -> Self {
         Self {
             state: State::Admitted { fut, permit },
         }

@@ -14,7 +14,7 @@
 //! Each retry must also find: the body still replayable (bodies up to `maxReplayBytes`, 64 KiB
 //! by default, are recorded while sent — see [`ReplayBody`]; bigger ones are sent once), time
 //! left before the request's [`Deadline`](crate::deadline::Deadline), a free retry slot
-//! (`maxConcurrentRetries`) and a token in the **retry budget**: tower's `TpsBudget`, which lets
+//! (`maxConcurrentRetries`) and a token in the **retry budget** ([`RetryBudget`]), which lets
 //! retries add `ratio` (20 %) of the requests of the last `ttl` (10 s) plus `minPerSecond` (10)
 //! per second, like Linkerd and Finagle. When any of these is missing, the failure of the last
 //! attempt is returned as it is (and counted). Between attempts the retry waits an exponential
@@ -66,6 +66,7 @@
 //! # }
 //! ```
 
+mod budget;
 mod latency;
 mod policy;
 mod replay;
@@ -86,14 +87,12 @@ use futures_util::future::{Either, select};
 use pin_project_lite::pin_project;
 use serde::Serialize;
 use tokio::time::Sleep;
-use tower::{
-    Layer, ServiceExt,
-    retry::budget::{Budget, TpsBudget},
-};
+use tower::{Layer, ServiceExt};
 use tower_service::Service;
 
 use self::latency::LatencyTracker;
 pub use self::{
+    budget::RetryBudget,
     policy::{
         Backoff, BudgetPolicy, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX,
         DEFAULT_BUDGET_MIN_PER_SECOND, DEFAULT_BUDGET_RATIO, DEFAULT_BUDGET_TTL,
@@ -163,7 +162,7 @@ impl RetryStats {
 struct Shared<C> {
     service: ServiceName,
     policy: RetryPolicy,
-    budget: TpsBudget,
+    budget: RetryBudget,
     classifier: C,
     stats: RetryStats,
     retries_in_flight: AtomicUsize,
@@ -191,7 +190,7 @@ impl<C> RetryLayer<C> {
         classifier: C,
     ) -> Result<Self, PolicyError> {
         policy.validate()?;
-        let budget = TpsBudget::new(
+        let budget = RetryBudget::new(
             policy.budget.ttl,
             policy.budget.min_per_second,
             policy.budget.ratio,
@@ -213,6 +212,11 @@ impl<C> RetryLayer<C> {
     /// The counters of every service this layer built.
     pub fn stats(&self) -> RetryCounts {
         self.shared.stats.snapshot()
+    }
+
+    /// Retries the budget allows right now.
+    pub fn budget_available(&self) -> f64 {
+        self.shared.budget.available()
     }
 }
 
@@ -291,9 +295,10 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let now = Instant::now();
         let shared = self.shared.clone();
         let policy = &shared.policy;
-        shared.budget.deposit();
+        shared.budget.deposit(now);
         shared.stats.requests.fetch_add(1, Relaxed);
         // The inner service was made ready for this call; keep a fresh clone for next time.
         let clone = self.inner.clone();
@@ -301,7 +306,7 @@ where
         if policy.attempts == 0 {
             let (parts, body) = req.into_parts();
             let fut = svc.call(http::Request::from_parts(parts, ReplayBody::new(body, 0)));
-            return ResponseFuture::first(shared, fut, None, None);
+            return ResponseFuture::first(shared, fut, None, None, now);
         }
         let (mut parts, body) = req.into_parts();
         let body = ReplayBody::new(body, policy.max_replay_bytes);
@@ -311,7 +316,11 @@ where
         // The template is cloned before the attempt bookkeeping goes in, so that it stays cheap.
         let template = parts.clone();
         let tried = TriedEndpoints::default();
-        parts.extensions.insert(tried.clone());
+        // A failed attempt names its endpoint (see `Classify::endpoint`), but one that times out
+        // or loses a hedge race does not: only then must the balancer record the first pick.
+        if policy.per_try_timeout.is_some() || policy.hedge.is_some() {
+            parts.extensions.insert(tried.clone());
+        }
         let req = http::Request::from_parts(parts, body);
         let hedgeable = idempotent
             && shared.latency.is_some()
@@ -339,13 +348,13 @@ where
             Ok(mut ctx) => {
                 let fut = ctx.svc.call(req);
                 let timer = per_try_timer(&shared, deadline);
-                ResponseFuture::first(shared, fut, Some(ctx), timer)
+                ResponseFuture::first(shared, fut, Some(ctx), timer, now)
             }
             // Not replayable (too big): sent once.
             Err(mut svc) => {
                 let fut = svc.call(req);
                 let timer = per_try_timer(&shared, deadline);
-                ResponseFuture::first(shared, fut, None, timer).unreplayable(idempotent)
+                ResponseFuture::first(shared, fut, None, timer, now).unreplayable(idempotent)
             }
         }
     }
@@ -385,9 +394,9 @@ fn per_try_limit<C>(shared: &Shared<C>, deadline: Option<Deadline>) -> Option<Du
 }
 
 /// The per-try timer of the first attempt, if one applies.
-fn per_try_timer<C>(shared: &Shared<C>, deadline: Option<Deadline>) -> Option<(Sleep, Duration)> {
+fn per_try_timer<C>(shared: &Shared<C>, deadline: Option<Deadline>) -> Option<(Pin<Box<Sleep>>, Duration)> {
     let limit = per_try_limit(shared, deadline)?;
-    Some((tokio::time::sleep(limit), limit))
+    Some((Box::pin(tokio::time::sleep(limit)), limit))
 }
 
 pin_project! {
@@ -410,7 +419,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, T, E> {
-        First { #[pin] fut: F, #[pin] timer: Option<Sleep>, limit: Duration },
+        First { #[pin] fut: F, timer: Option<Pin<Box<Sleep>>>, limit: Duration },
         Slow { fut: BoxResult<T, E> },
         Done,
     }
@@ -424,7 +433,8 @@ where
         shared: Arc<Shared<C>>,
         fut: S::Future,
         ctx: Option<Ctx<S, B>>,
-        timer: Option<(Sleep, Duration)>,
+        timer: Option<(Pin<Box<Sleep>>, Duration)>,
+        started: Instant,
     ) -> Self {
         let (timer, limit) = match timer {
             Some((t, l)) => (Some(t), l),
@@ -435,7 +445,7 @@ where
             ctx,
             unreplayable: None,
             shared: Some(shared),
-            started: Instant::now(),
+            started,
         }
     }
 
@@ -472,12 +482,12 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::First { fut, timer, limit } => {
-                    let fired = |t: Option<Pin<&mut Sleep>>, cx: &mut Context<'_>| {
-                        t.is_some_and(|t| t.poll(cx).is_ready())
+                    let fired = |t: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>| {
+                        t.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready())
                     };
                     let (result, timed_out) = match fut.poll(cx) {
                         Poll::Ready(r) => (r, false),
-                        Poll::Pending => match fired(timer.as_pin_mut(), cx) {
+                        Poll::Pending => match fired(timer, cx) {
                             true => {
                                 let shared = this
                                     .shared
@@ -618,9 +628,12 @@ where
             note_stop(&shared, Stop::Overflow, kind, next);
             return last;
         };
-        if !shared.budget.withdraw() {
+        if !shared.budget.withdraw(Instant::now()) {
             note_stop(&shared, Stop::Budget, kind, next);
             return last;
+        }
+        if let Some(addr) = shared.classifier.endpoint(last.as_ref()) {
+            ctx.tried.record(addr);
         }
         let Some(req) = ctx.again() else {
             note_stop(&shared, Stop::NotReplayable, kind, next);
@@ -830,7 +843,7 @@ where
             shared.stats.retry_overflow.fetch_add(1, Relaxed);
             return first.await;
         };
-        if !shared.budget.withdraw() {
+        if !shared.budget.withdraw(Instant::now()) {
             shared.stats.budget_exhausted.fetch_add(1, Relaxed);
             tracing::debug!(service = %shared.service, "not hedged: retry budget exhausted");
             return first.await;

@@ -129,7 +129,7 @@ where
             Some(t) => Some((Deadline::after(t).apply(&mut req), t)),
             None => Deadline::of(&req).map(|d| (d, d.remaining())),
         };
-        let sleep = deadline.map(|(d, _)| tokio::time::sleep_until(d.instant().into()));
+        let sleep = deadline.map(|(d, _)| Box::pin(tokio::time::sleep_until(d.instant().into())));
         ResponseFuture {
             inner: self.inner.call(req),
             sleep,
@@ -147,8 +147,8 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed: most requests have no timeout, and the future stays small to move.
+        sleep: Option<Pin<Box<Sleep>>>,
         error: Option<TimedOut>,
     }
 }
@@ -165,8 +165,8 @@ where
         if let Poll::Ready(out) = this.inner.poll(cx) {
             return Poll::Ready(out);
         }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            if sleep.poll(cx).is_ready() {
+        if let Some(sleep) = this.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_ready() {
                 let err = this
                     .error
                     .take()

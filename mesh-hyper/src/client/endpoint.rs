@@ -18,7 +18,7 @@ use hyper_util::{
     },
     rt::TokioIo,
 };
-use mesh_core::{Endpoint, Protocol, ServiceName};
+use mesh_core::{Endpoint, Protocol, ServiceName, classify::ServedBy};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
@@ -31,10 +31,11 @@ use crate::Error;
 /// The request keeps its logical URI (`http://reviews.default:9080/...`), so hyper-util writes
 /// `Host: reviews.default:9080` (HTTP/1.1) or `:authority` (HTTP/2) as the application meant it,
 /// and keys its pool by that name, which is fine: each endpoint has its own client and pool.
+///
+/// One `Arc`: hyper-util clones the client (and so the connector) on every request.
 #[derive(Clone)]
 pub(crate) struct EndpointConnector {
-    http: HttpConnector<GaiResolver>,
-    target: Uri,
+    inner: Arc<(HttpConnector<GaiResolver>, Uri)>,
 }
 
 impl Service<Uri> for EndpointConnector {
@@ -42,12 +43,14 @@ impl Service<Uri> for EndpointConnector {
     type Error = <HttpConnector as Service<Uri>>::Error;
     type Future = <HttpConnector as Service<Uri>>::Future;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.http.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // HttpConnector is always ready.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, _logical: Uri) -> Self::Future {
-        self.http.call(self.target.clone())
+        let (http, target) = &*self.inner;
+        http.clone().call(target.clone())
     }
 }
 
@@ -97,7 +100,9 @@ where
                 .pool_idle_timeout(settings.pool_idle_timeout)
                 .pool_max_idle_per_host(settings.pool_max_idle_per_endpoint)
                 .http2_only(protocol == Protocol::Http2)
-                .build(EndpointConnector { http, target });
+                .build(EndpointConnector {
+            inner: Arc::new((http, target)),
+        });
         Self {
             inner: Arc::new(Inner {
                 client,
@@ -140,7 +145,14 @@ impl<B> Future for EndpointFuture<B> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let res = ready!(Pin::new(&mut self.fut).poll(cx));
-        Poll::Ready(res.map_err(|source| {
+        let addr = self.endpoint.addr;
+        Poll::Ready(res.map(|mut rsp| {
+            if rsp.status().is_server_error() {
+                // Failed answers say who gave them, so that a retry can go elsewhere.
+                rsp.extensions_mut().insert(ServedBy(addr));
+            }
+            rsp
+        }).map_err(|source| {
             let (service, endpoint) = (self.endpoint.service.clone(), self.endpoint.addr);
             if source.is_connect() {
                 tracing::debug!(%service, %endpoint, error = %source, "connect failed");

@@ -159,6 +159,8 @@ pub struct DestinationStats {
     pub service: ServiceName,
     /// Requests, retries, hedges, budget exhaustion.
     pub retries: RetryCounts,
+    /// Retries the budget allows right now.
+    pub retry_budget: f64,
     /// Shed and rate-limited requests.
     pub limits: LimitCounts,
     /// The circuit breaker, if one is configured.
@@ -251,6 +253,7 @@ where
         by_name.get(service).map(|d| DestinationStats {
             service: d.name.clone(),
             retries: d.retry.stats(),
+            retry_budget: d.retry.budget_available(),
             limits: d.limit.counts(),
             breaker: d.breaker.as_ref().map(BreakerLayer::state),
             endpoints: d.balancer.endpoints(),
