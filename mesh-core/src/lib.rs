@@ -33,6 +33,7 @@ pub mod name;
 pub mod outlier;
 mod policy_error;
 pub mod retry;
+pub mod shared_service;
 pub mod timeout;
 
 pub use self::policy_error::PolicyError;

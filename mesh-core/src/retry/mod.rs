@@ -107,6 +107,7 @@ use crate::{
     classify::{Classify, FailureKind, ResponseClass},
     deadline::Deadline,
     policy_error::PolicyError,
+    shared_service::SharedService,
     timeout::{TimedOut, TimeoutKind},
 };
 
@@ -295,14 +296,48 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // The inner service was made ready for this call; keep a fresh clone for next time.
+        let clone = self.inner.clone();
+        let svc = std::mem::replace(&mut self.inner, clone);
+        start(&self.shared, svc, req)
+    }
+}
+
+impl<S, C, B> SharedService<http::Request<B>> for Retry<S, C>
+where
+    S: Service<http::Request<ReplayBody<B>>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: From<TimedOut> + Send + 'static,
+    C: Classify<S::Response, S::Error> + Send + Sync + 'static,
+    B: http_body::Body + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B, C>;
+
+    /// The inner service is cloned once per request (a retry needs its own handle on it).
+    fn call_shared(&self, req: http::Request<B>) -> Self::Future {
+        start(&self.shared, self.inner.clone(), req)
+    }
+}
+
+/// Sends the first attempt of a request on `svc` (ready: mesh's layers always are).
+fn start<S, C, B>(shared: &Arc<Shared<C>>, mut svc: S, req: http::Request<B>) -> ResponseFuture<S, B, C>
+where
+    S: Service<http::Request<ReplayBody<B>>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: From<TimedOut> + Send + 'static,
+    C: Classify<S::Response, S::Error> + Send + Sync + 'static,
+    B: http_body::Body + Send + 'static,
+{
+    {
         let now = Instant::now();
-        let shared = self.shared.clone();
+        let shared = shared.clone();
         let policy = &shared.policy;
         shared.budget.deposit(now);
         shared.stats.requests.fetch_add(1, Relaxed);
-        // The inner service was made ready for this call; keep a fresh clone for next time.
-        let clone = self.inner.clone();
-        let mut svc = std::mem::replace(&mut self.inner, clone);
         if policy.attempts == 0 {
             let (parts, body) = req.into_parts();
             let fut = svc.call(http::Request::from_parts(parts, ReplayBody::new(body, 0)));

@@ -41,7 +41,7 @@ use tokio::time::Sleep;
 use tower::Layer;
 use tower_service::Service;
 
-use crate::{ServiceName, deadline::Deadline};
+use crate::{ServiceName, deadline::Deadline, shared_service::SharedService};
 
 /// Which timeout fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,19 +125,47 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let deadline = match self.timeout {
-            Some(t) => Some((Deadline::after(t).apply(&mut req), t)),
-            None => Deadline::of(&req).map(|d| (d, d.remaining())),
-        };
-        let sleep = deadline.map(|(d, _)| Box::pin(tokio::time::sleep_until(d.instant().into())));
+        let (sleep, error) = self.arm(&mut req);
         ResponseFuture {
             inner: self.inner.call(req),
             sleep,
-            error: deadline.map(|(_, after)| TimedOut {
-                service: self.service.clone(),
-                kind: TimeoutKind::Request,
-                after,
-            }),
+            error,
+        }
+    }
+}
+
+impl<S> Timeout<S> {
+    /// Sets the request's deadline; returns the timer and the error to give when it fires.
+    fn arm<B>(&self, req: &mut http::Request<B>) -> (Option<Pin<Box<Sleep>>>, Option<TimedOut>) {
+        let deadline = match self.timeout {
+            Some(t) => Some((Deadline::after(t).apply(req), t)),
+            None => Deadline::of(req).map(|d| (d, d.remaining())),
+        };
+        let sleep = deadline.map(|(d, _)| Box::pin(tokio::time::sleep_until(d.instant().into())));
+        let error = deadline.map(|(_, after)| TimedOut {
+            service: self.service.clone(),
+            kind: TimeoutKind::Request,
+            after,
+        });
+        (sleep, error)
+    }
+}
+
+impl<S, B> SharedService<http::Request<B>> for Timeout<S>
+where
+    S: SharedService<http::Request<B>>,
+    S::Error: From<TimedOut>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn call_shared(&self, mut req: http::Request<B>) -> Self::Future {
+        let (sleep, error) = self.arm(&mut req);
+        ResponseFuture {
+            inner: self.inner.call_shared(req),
+            sleep,
+            error,
         }
     }
 }

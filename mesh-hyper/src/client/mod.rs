@@ -67,13 +67,13 @@ use mesh_core::{
     breaker::{Breaker, BreakerLayer, BreakerState},
     limit::{Limit, LimitCounts, LimitLayer},
     retry::{ReplayBody, Retry, RetryCounts, RetryLayer},
+    shared_service::SharedService,
     timeout::{self, Timeout, TimeoutLayer},
 };
 use pin_project_lite::pin_project;
 use serde::Serialize;
 use tower::Layer;
 use tower_service::Service;
-use tracing::{Instrument, instrument::Instrumented};
 
 pub use self::endpoint::{EndpointFuture, HttpEndpoint};
 use crate::{Error, HttpClassifier};
@@ -225,19 +225,14 @@ where
     fn route(dest: &Dest<B>, req: Request<B>) -> ResponseFuture<B> {
         let span = tracing::debug_span!("mesh", service = %dest.name,
             endpoint = tracing::field::Empty, attempt = 1u32);
-        let _enter = span.enter();
-        let mut svc = dest.stack.clone();
-        // Every layer of the stack is always ready (they shed or queue inside `call`); check
-        // without parking, as the tower contract asks.
-        let waker = std::task::Waker::noop();
-        match svc.poll_ready(&mut Context::from_waker(waker)) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return ResponseFuture::failed(e),
-            Poll::Pending => unreachable_not_ready(),
+        if span.is_disabled() {
+            return ResponseFuture::routed(dest.stack.call_shared(req), None);
         }
-        let fut = svc.call(req);
-        drop(_enter);
-        ResponseFuture::routed(fut.instrument(span))
+        let fut = {
+            let _enter = span.enter();
+            dest.stack.call_shared(req)
+        };
+        ResponseFuture::routed(fut, Some(span))
     }
 
     /// The endpoints of a service as its balancer sees them (load, in-flight, health), if the
@@ -329,11 +324,6 @@ where
     }
 }
 
-#[cold]
-fn unreachable_not_ready() -> ! {
-    unreachable!("mesh layers are always ready")
-}
-
 impl<B> Service<Request<B>> for MeshClient<B>
 where
     B: RequestBody,
@@ -381,15 +371,15 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<B: RequestBody> {
-        Routed { #[pin] fut: Instrumented<StackFuture<B>> },
+        Routed { #[pin] fut: StackFuture<B>, span: Option<tracing::Span> },
         Failed { error: Option<Error> },
     }
 }
 
 impl<B: RequestBody> ResponseFuture<B> {
-    fn routed(fut: Instrumented<StackFuture<B>>) -> Self {
+    fn routed(fut: StackFuture<B>, span: Option<tracing::Span>) -> Self {
         Self {
-            state: State::Routed { fut },
+            state: State::Routed { fut, span },
         }
     }
 
@@ -405,7 +395,14 @@ impl<B: RequestBody> Future for ResponseFuture<B> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Routed { fut } => fut.poll(cx),
+            StateProj::Routed { fut, span } => match span {
+                // Polled inside the request's span only when tracing wants it.
+                Some(span) => {
+                    let _enter = span.enter();
+                    fut.poll(cx)
+                }
+                None => fut.poll(cx),
+            },
             StateProj::Failed { error } => {
                 Poll::Ready(Err(error.take().expect("polled after completion")))
             }
