@@ -343,7 +343,13 @@ impl Outlier {
     }
 
     /// Folds one result of `addr` into its health; may eject or re-admit it.
-    pub(crate) fn record(&self, addr: SocketAddr, health: &Health, class: ResponseClass, now: Instant) {
+    pub(crate) fn record(
+        &self,
+        addr: SocketAddr,
+        health: &Health,
+        class: ResponseClass,
+        now: Instant,
+    ) {
         let Some(cfg) = &self.config else { return };
         if health.state.load(Acquire) == REMOVED {
             return;
@@ -600,7 +606,12 @@ mod tests {
             o.record(addr(), &hs[2], OK, Instant::now());
         }
         for i in 0..40 {
-            o.record(addr(), &hs[0], if i % 2 == 0 { FAIL } else { OK }, Instant::now());
+            o.record(
+                addr(),
+                &hs[0],
+                if i % 2 == 0 { FAIL } else { OK },
+                Instant::now(),
+            );
         }
         assert_eq!(hs[0].state(), HealthState::Ejected);
 
@@ -608,7 +619,12 @@ mod tests {
         let (o, hs) = outlier(cfg, 3);
         for i in 0..40 {
             for h in &hs {
-                o.record(addr(), h, if i % 2 == 0 { FAIL } else { OK }, Instant::now());
+                o.record(
+                    addr(),
+                    h,
+                    if i % 2 == 0 { FAIL } else { OK },
+                    Instant::now(),
+                );
             }
         }
         assert!(hs.iter().all(|h| h.state() == HealthState::Active));

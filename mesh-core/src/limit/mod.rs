@@ -333,7 +333,10 @@ where
                 }
                 match deadline {
                     Some(d) => {
-                        if tokio::time::timeout_at(d.instant().into(), freed).await.is_err() {
+                        if tokio::time::timeout_at(d.instant().into(), freed)
+                            .await
+                            .is_err()
+                        {
                             break None;
                         }
                     }

@@ -13,7 +13,10 @@
 //! by the number of threads, which a 20 % allowance does not notice.
 
 use std::{
-    sync::atomic::{AtomicI64, AtomicU64, Ordering::{AcqRel, Acquire, Relaxed}},
+    sync::atomic::{
+        AtomicI64, AtomicU64,
+        Ordering::{AcqRel, Acquire, Relaxed},
+    },
     time::{Duration, Instant},
 };
 
@@ -59,7 +62,12 @@ impl RetryBudget {
     fn slot(&self, generation: u64) -> &Slot {
         let slot = &self.slots[(generation % SLOTS as u64) as usize];
         let seen = slot.generation.load(Acquire);
-        if seen != generation && slot.generation.compare_exchange(seen, generation, AcqRel, Acquire).is_ok() {
+        if seen != generation
+            && slot
+                .generation
+                .compare_exchange(seen, generation, AcqRel, Acquire)
+                .is_ok()
+        {
             slot.value.store(0, Relaxed);
         }
         slot
@@ -68,7 +76,9 @@ impl RetryBudget {
     /// A request was made.
     pub fn deposit(&self, now: Instant) {
         if self.deposit != 0 {
-            self.slot(self.generation(now)).value.fetch_add(self.deposit, Relaxed);
+            self.slot(self.generation(now))
+                .value
+                .fetch_add(self.deposit, Relaxed);
         }
     }
 
@@ -104,7 +114,9 @@ impl RetryBudget {
 
 impl std::fmt::Debug for RetryBudget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetryBudget").field("available", &self.available()).finish()
+        f.debug_struct("RetryBudget")
+            .field("available", &self.available())
+            .finish()
     }
 }
 
@@ -140,7 +152,10 @@ mod tests {
         }
         assert!(b.withdraw(t0));
         let later = t0 + Duration::from_millis(1_500);
-        assert!(!b.withdraw(later), "deposits older than the ttl no longer count");
+        assert!(
+            !b.withdraw(later),
+            "deposits older than the ttl no longer count"
+        );
         assert!(b.available() >= 0.0);
     }
 }

@@ -323,7 +323,11 @@ where
 }
 
 /// Sends the first attempt of a request on `svc` (ready: mesh's layers always are).
-fn start<S, C, B>(shared: &Arc<Shared<C>>, mut svc: S, req: http::Request<B>) -> ResponseFuture<S, B, C>
+fn start<S, C, B>(
+    shared: &Arc<Shared<C>>,
+    mut svc: S,
+    req: http::Request<B>,
+) -> ResponseFuture<S, B, C>
 where
     S: Service<http::Request<ReplayBody<B>>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -429,7 +433,10 @@ fn per_try_limit<C>(shared: &Shared<C>, deadline: Option<Deadline>) -> Option<Du
 }
 
 /// The per-try timer of the first attempt, if one applies.
-fn per_try_timer<C>(shared: &Shared<C>, deadline: Option<Deadline>) -> Option<(Pin<Box<Sleep>>, Duration)> {
+fn per_try_timer<C>(
+    shared: &Shared<C>,
+    deadline: Option<Deadline>,
+) -> Option<(Pin<Box<Sleep>>, Duration)> {
     let limit = per_try_limit(shared, deadline)?;
     Some((Box::pin(tokio::time::sleep(limit)), limit))
 }

@@ -101,8 +101,8 @@ where
                 .pool_max_idle_per_host(settings.pool_max_idle_per_endpoint)
                 .http2_only(protocol == Protocol::Http2)
                 .build(EndpointConnector {
-            inner: Arc::new((http, target)),
-        });
+                    inner: Arc::new((http, target)),
+                });
         Self {
             inner: Arc::new(Inner {
                 client,
@@ -146,30 +146,33 @@ impl<B> Future for EndpointFuture<B> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let res = ready!(Pin::new(&mut self.fut).poll(cx));
         let addr = self.endpoint.addr;
-        Poll::Ready(res.map(|mut rsp| {
-            if rsp.status().is_server_error() {
-                // Failed answers say who gave them, so that a retry can go elsewhere.
-                rsp.extensions_mut().insert(ServedBy(addr));
-            }
-            rsp
-        }).map_err(|source| {
-            let (service, endpoint) = (self.endpoint.service.clone(), self.endpoint.addr);
-            if source.is_connect() {
-                tracing::debug!(%service, %endpoint, error = %source, "connect failed");
-                Error::Connect {
-                    service,
-                    endpoint,
-                    source,
+        Poll::Ready(
+            res.map(|mut rsp| {
+                if rsp.status().is_server_error() {
+                    // Failed answers say who gave them, so that a retry can go elsewhere.
+                    rsp.extensions_mut().insert(ServedBy(addr));
                 }
-            } else {
-                tracing::debug!(%service, %endpoint, error = %source, "request failed");
-                Error::Request {
-                    service,
-                    endpoint,
-                    source,
+                rsp
+            })
+            .map_err(|source| {
+                let (service, endpoint) = (self.endpoint.service.clone(), self.endpoint.addr);
+                if source.is_connect() {
+                    tracing::debug!(%service, %endpoint, error = %source, "connect failed");
+                    Error::Connect {
+                        service,
+                        endpoint,
+                        source,
+                    }
+                } else {
+                    tracing::debug!(%service, %endpoint, error = %source, "request failed");
+                    Error::Request {
+                        service,
+                        endpoint,
+                        source,
+                    }
                 }
-            }
-        }))
+            }),
+        )
     }
 }
 
