@@ -178,7 +178,7 @@ async fn main_async(opts: Opts) -> Result<bool, String> {
             (
                 rows,
                 checks,
-                "3 backends answer after 1 ms, one after 10 ms; each run starts a new client",
+                "3 backends answer after 2 ms, one after 20 ms; each run starts a new client",
             )
         }
         other => return Err(format!("unknown scenario {other:?}\n{USAGE}")),

@@ -19,13 +19,17 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod balance;
 pub mod breaker;
 pub mod classify;
 pub mod deadline;
+#[cfg(feature = "dev-ca")]
+pub mod dev_ca;
 pub mod discover;
 pub mod duration;
 pub mod endpoint;
+mod fs_watch;
 pub mod identity;
 pub mod limit;
 pub mod mesh;
@@ -35,6 +39,7 @@ mod policy_error;
 pub mod retry;
 pub mod shared_service;
 pub mod timeout;
+pub mod tls;
 
 pub use self::policy_error::PolicyError;
 pub use self::{

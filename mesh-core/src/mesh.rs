@@ -50,6 +50,7 @@ use crate::{
     name::NameError,
     policy_error::PolicyError,
     retry::RetryPolicy,
+    tls::ClientTlsPolicy,
 };
 
 /// Which HTTP version is spoken to a service's endpoints.
@@ -82,6 +83,8 @@ pub struct ServiceConfig {
     pub limits: LimitPolicy,
     /// A service-level circuit breaker (off by default).
     pub breaker: Option<BreakerPolicy>,
+    /// mTLS to the endpoints.
+    pub tls: ClientTlsPolicy,
 }
 
 impl ServiceConfig {

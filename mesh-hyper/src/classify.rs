@@ -57,7 +57,7 @@ impl<B> Classify<http::Response<B>, Error> for HttpClassifier {
 /// The failure kind of a mesh-hyper error.
 pub(crate) fn failure_kind(e: &Error) -> FailureKind {
     match e {
-        Error::Connect { .. } => FailureKind::Connect,
+        Error::Connect { .. } | Error::IdentityMismatch { .. } => FailureKind::Connect,
         Error::NoEndpoints(_) => FailureKind::NoEndpoints,
         Error::Request { source, .. } if refused_stream(source) => FailureKind::Refused,
         Error::Request { .. } => FailureKind::Other,

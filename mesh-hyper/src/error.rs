@@ -62,6 +62,16 @@ pub enum Error {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    /// The endpoint's TLS identity is not the one expected: the client refused it.
+    #[error("refused endpoint {endpoint} of service {service:?}: {mismatch}")]
+    IdentityMismatch {
+        /// The service.
+        service: ServiceName,
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// Expected and presented identities.
+        mismatch: mesh_core::tls::IdentityMismatch,
+    },
     /// The request failed on an established connection (reset, protocol error, closed early).
     #[error(
         "request to {endpoint} for service {service:?} failed: {}",
@@ -95,7 +105,9 @@ impl Error {
     /// The endpoint the request was sent (or meant) to, if one was chosen.
     pub fn endpoint(&self) -> Option<SocketAddr> {
         match self {
-            Error::Connect { endpoint, .. } | Error::Request { endpoint, .. } => Some(*endpoint),
+            Error::Connect { endpoint, .. }
+            | Error::Request { endpoint, .. }
+            | Error::IdentityMismatch { endpoint, .. } => Some(*endpoint),
             _ => None,
         }
     }

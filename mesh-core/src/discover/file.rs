@@ -5,14 +5,10 @@ use std::{
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, Weak, mpsc},
-    time::{Duration, Instant},
+    sync::{Arc, Mutex, Weak},
 };
 
-use notify::{
-    EventKind, RecommendedWatcher, RecursiveMode, Watcher,
-    event::{AccessKind, AccessMode},
-};
+use notify::RecommendedWatcher;
 use serde::Deserialize;
 
 use super::{DiscoveryError, EndpointSource, Publisher, Subscription};
@@ -21,10 +17,6 @@ use crate::{
     endpoint::{DEFAULT_WEIGHT, Endpoint, EndpointSet, Labels},
     identity::SpiffeId,
 };
-
-/// How long the watcher waits for a burst of file events to settle before reloading: editors and
-/// `kubectl` ConfigMap updates write in several steps.
-const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Endpoints of several services read from a file, reloaded live when the file changes.
 ///
@@ -228,56 +220,14 @@ impl fmt::Debug for FileSource {
 }
 
 fn start_watch(path: &Path, inner: Weak<Inner>) -> notify::Result<RecommendedWatcher> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_owned());
-    let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
-    let mut watcher = notify::recommended_watcher(tx)?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    let relevant = move |event: &notify::Event| {
-        let kind_matters = match event.kind {
-            // Our own reads open and close the file; only a closed writer means new content.
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-            EventKind::Access(_) => false,
-            _ => true,
+    crate::fs_watch::watch_files(&[path], "mesh-endpoints-watch", move || {
+        let Some(inner) = inner.upgrade() else {
+            return false;
         };
-        kind_matters
-            && event.paths.iter().any(|p| {
-                let file = p.file_name();
-                file == name.as_deref() || file == Some(std::ffi::OsStr::new("..data"))
-            })
-    };
-    std::thread::Builder::new()
-        .name("mesh-endpoints-watch".into())
-        .spawn(move || {
-            while let Ok(event) = rx.recv() {
-                match event {
-                    Ok(e) if relevant(&e) => {}
-                    Ok(_) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "endpoints file watch error");
-                        continue;
-                    }
-                }
-                // Let a burst of writes settle, then reload once.
-                let until = Instant::now() + DEBOUNCE;
-                loop {
-                    let left = until.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(left) {
-                        Ok(_) => continue,
-                        Err(mpsc::RecvTimeoutError::Timeout) => break,
-                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                    }
-                }
-                let Some(inner) = inner.upgrade() else { return };
-                // Errors are logged and recorded by reload itself.
-                let _ = inner.reload();
-            }
-        })
-        .map_err(notify::Error::io)?;
-    Ok(watcher)
+        // Errors are logged and recorded by reload itself.
+        let _ = inner.reload();
+        true
+    })
 }
 
 /// Reads and validates an endpoints file.

@@ -18,30 +18,48 @@ use hyper_util::{
     },
     rt::TokioIo,
 };
-use mesh_core::{Endpoint, Protocol, ServiceName, classify::ServedBy};
-use tokio::net::TcpStream;
+use mesh_core::{Endpoint, Protocol, ServiceName, classify::ServedBy, tls::TlsStore};
+use rustls::pki_types::ServerName;
+
+use super::tls::EndpointStream;
 use tower_service::Service;
 
 use super::{ClientSettings, RequestBody};
 use crate::Error;
 
 /// The connector of one endpoint: hyper-util's `HttpConnector` (TCP_NODELAY, keepalive,
-/// connect timeout), pointed at the endpoint's address whatever the request URI says.
+/// connect timeout), pointed at the endpoint's address whatever the request URI says, and, for
+/// mTLS endpoints, a rustls handshake that verifies the endpoint's SPIFFE ID.
 ///
 /// The request keeps its logical URI (`http://reviews.default:9080/...`), so hyper-util writes
 /// `Host: reviews.default:9080` (HTTP/1.1) or `:authority` (HTTP/2) as the application meant it,
 /// and keys its pool by that name, which is fine: each endpoint has its own client and pool.
-///
 /// One `Arc`: hyper-util clones the client (and so the connector) on every request.
 #[derive(Clone)]
 pub(crate) struct EndpointConnector {
-    inner: Arc<(HttpConnector<GaiResolver>, Uri)>,
+    inner: Arc<ConnectorInner>,
 }
 
+struct ConnectorInner {
+    http: HttpConnector<GaiResolver>,
+    target: Uri,
+    tls: Option<TlsTarget>,
+}
+
+/// How to do mTLS to one endpoint.
+pub(crate) struct TlsTarget {
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    pub(crate) server_name: ServerName<'static>,
+    pub(crate) store: TlsStore,
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<EndpointStream, BoxError>> + Send>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Service<Uri> for EndpointConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = <HttpConnector as Service<Uri>>::Error;
-    type Future = <HttpConnector as Service<Uri>>::Future;
+    type Response = EndpointStream;
+    type Error = BoxError;
+    type Future = ConnectFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // HttpConnector is always ready.
@@ -49,8 +67,19 @@ impl Service<Uri> for EndpointConnector {
     }
 
     fn call(&mut self, _logical: Uri) -> Self::Future {
-        let (http, target) = &*self.inner;
-        http.clone().call(target.clone())
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let tcp = inner.http.clone().call(inner.target.clone()).await?;
+            let Some(tls) = &inner.tls else {
+                return Ok(EndpointStream::Plain(tcp));
+            };
+            let stream = tls
+                .connector
+                .connect(tls.server_name.clone(), tcp.into_inner())
+                .await?;
+            tls.store.count_handshake();
+            Ok(EndpointStream::Tls(Box::new(TokioIo::new(stream))))
+        })
     }
 }
 
@@ -82,6 +111,7 @@ where
         endpoint: &Endpoint,
         protocol: Protocol,
         settings: &ClientSettings,
+        tls: Option<TlsTarget>,
     ) -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
@@ -95,13 +125,12 @@ where
             .expect("a socket address is a valid authority");
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .timer(hyper_util::rt::TokioTimer::new())
                 .pool_timer(hyper_util::rt::TokioTimer::new())
                 .pool_idle_timeout(settings.pool_idle_timeout)
                 .pool_max_idle_per_host(settings.pool_max_idle_per_endpoint)
                 .http2_only(protocol == Protocol::Http2)
                 .build(EndpointConnector {
-                    inner: Arc::new((http, target)),
+                    inner: Arc::new(ConnectorInner { http, target, tls }),
                 });
         Self {
             inner: Arc::new(Inner {
@@ -156,6 +185,14 @@ impl<B> Future for EndpointFuture<B> {
             })
             .map_err(|source| {
                 let (service, endpoint) = (self.endpoint.service.clone(), self.endpoint.addr);
+                if let Some(mismatch) = super::tls::identity_mismatch(&source) {
+                    tracing::debug!(%service, %endpoint, error = %mismatch, "server identity mismatch");
+                    return Error::IdentityMismatch {
+                        service,
+                        endpoint,
+                        mismatch,
+                    };
+                }
                 if source.is_connect() {
                     tracing::debug!(%service, %endpoint, error = %source, "connect failed");
                     Error::Connect {

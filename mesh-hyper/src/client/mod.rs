@@ -45,6 +45,7 @@
 //! ```
 
 mod endpoint;
+mod tls;
 
 use std::{
     collections::HashMap,
@@ -62,20 +63,26 @@ use http::{Request, Response, Uri, uri::Scheme};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use mesh_core::{
-    Balancer, Destination, Mesh, ServiceName,
+    Balancer, Destination, Mesh, PolicyError, Protocol, ServiceName,
     balance::EndpointStats,
     breaker::{Breaker, BreakerLayer, BreakerState},
     limit::{Limit, LimitCounts, LimitLayer},
     retry::{ReplayBody, Retry, RetryCounts, RetryLayer},
     shared_service::SharedService,
     timeout::{self, Timeout, TimeoutLayer},
+    tls::{ClientTlsMode, ClientTlsPolicy, TlsStore},
 };
 use pin_project_lite::pin_project;
+use rustls::pki_types::ServerName;
 use serde::Serialize;
 use tower::Layer;
 use tower_service::Service;
 
-pub use self::endpoint::{EndpointFuture, HttpEndpoint};
+use self::endpoint::TlsTarget;
+pub use self::{
+    endpoint::{EndpointFuture, HttpEndpoint},
+    tls::EndpointStream,
+};
 use crate::{Error, HttpClassifier};
 
 /// Request bodies the client can send: what hyper-util's client accepts. Implemented for every
@@ -105,9 +112,12 @@ pub struct ClientSettings {
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per endpoint. Default unlimited: hyper-util's default.
     pub pool_max_idle_per_endpoint: usize,
-    /// TCP keepalive probes on idle connections. Default 60 s... of idleness, so dead peers behind
-    /// NAT are found (Linux would otherwise wait two hours).
+    /// TCP keepalive probes after 60 s of idleness (the default), so dead peers behind NAT
+    /// are found (Linux would otherwise wait two hours).
     pub tcp_keepalive: Option<Duration>,
+    /// This workload's TLS identity, for mTLS to destinations whose policy asks for it
+    /// (`ServiceConfig::tls`; by default, endpoints with a known identity).
+    pub tls: Option<TlsStore>,
 }
 
 impl Default for ClientSettings {
@@ -117,6 +127,7 @@ impl Default for ClientSettings {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_endpoint: usize::MAX,
             tcp_keepalive: Some(Duration::from_secs(60)),
+            tls: None,
         }
     }
 }
@@ -289,12 +300,22 @@ where
         };
         let settings = self.inner.settings.clone();
         let protocol = config.protocol;
+        if config.tls.mode == ClientTlsMode::Mutual && settings.tls.is_none() {
+            return Err(policy_error(PolicyError::new(
+                "tls.mode",
+                "MUTUAL needs a TLS identity: set ClientSettings::tls",
+            )));
+        }
         let svc = name.clone();
+        let tls_policy = config.tls.clone();
         let balancer = Balancer::with_classifier(
             name.clone(),
             subscription,
             config.balance,
-            move |ep: &mesh_core::Endpoint| HttpEndpoint::new(svc.clone(), ep, protocol, &settings),
+            move |ep: &mesh_core::Endpoint| {
+                let tls = tls_target(&svc, ep, protocol, &tls_policy, settings.tls.as_ref());
+                HttpEndpoint::new(svc.clone(), ep, protocol, &settings, tls)
+            },
             HttpClassifier,
         );
         let limit = LimitLayer::new(name.clone(), &config.limits)
@@ -350,6 +371,53 @@ impl<B> fmt::Debug for MeshClient<B> {
             .field("settings", &self.inner.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// Decides whether an endpoint is reached over mTLS, and with which expected identity.
+fn tls_target(
+    service: &ServiceName,
+    endpoint: &mesh_core::Endpoint,
+    protocol: Protocol,
+    policy: &ClientTlsPolicy,
+    store: Option<&TlsStore>,
+) -> Option<TlsTarget> {
+    let store = store?;
+    let expected = endpoint
+        .identity
+        .clone()
+        .or_else(|| policy.identity.clone());
+    let mutual = match policy.mode {
+        ClientTlsMode::Disable => false,
+        ClientTlsMode::Mutual => true,
+        ClientTlsMode::Auto => expected.is_some(),
+    };
+    if !mutual {
+        return None;
+    }
+    let alpn: &[&[u8]] = match protocol {
+        Protocol::Http2 => &[mesh_core::tls::ALPN_H2],
+        Protocol::Http1 => &[mesh_core::tls::ALPN_HTTP11],
+    };
+    let config = match store.client_config(expected.clone(), alpn) {
+        Ok(c) => c,
+        Err(e) => {
+            // The store's material was validated when loaded; this would be a rustls refusal of
+            // the protocol versions. Connecting in plaintext instead would be wrong: fail the
+            // endpoint's connections by giving it a config that cannot verify anything.
+            tracing::error!(%service, endpoint = %endpoint.addr, error = %e, "cannot build TLS client configuration");
+            return None;
+        }
+    };
+    // The verifier checks the SPIFFE ID, not names; the service host is sent as SNI when it is
+    // a DNS name (a server may route on it), otherwise the endpoint's IP.
+    let server_name = ServerName::try_from(service.host().to_owned())
+        .unwrap_or_else(|_| ServerName::IpAddress(endpoint.addr.ip().into()));
+    tracing::debug!(%service, endpoint = %endpoint.addr, expected = ?expected, "endpoint uses mTLS");
+    Some(TlsTarget {
+        connector: tokio_rustls::TlsConnector::from(config),
+        server_name,
+        store: store.clone(),
+    })
 }
 
 type StackFuture<B> = timeout::ResponseFuture<

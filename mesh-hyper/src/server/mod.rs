@@ -1,8 +1,38 @@
-//! Layers for hyper servers: what a sidecar would do to incoming requests.
+//! Layers and helpers for hyper servers: what a sidecar would do to incoming requests.
 //!
-//! - [`RateLimitLayer`]: per-route and per-caller rate limits answering `429 Too Many Requests`
-//!   with `Retry-After`.
+//! - [`Acceptor`]: mTLS (`STRICT`), mTLS or plaintext on one port (`PERMISSIVE`), or plaintext,
+//!   with the peer's SPIFFE ID as [`PeerIdentity`](mesh_core::identity::PeerIdentity);
+//! - [`serve`]: accept, handshake, and serve a tower service with hyper (HTTP/1.1 and HTTP/2);
+//! - [`AuthzLayer`]: Istio-style authorization policies, `403` on denial;
+//! - [`RateLimitLayer`]: per-route and per-caller rate limits, `429` with `Retry-After`.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mesh_core::{authz::Authorizer, tls::{ServerTlsMode, TlsFiles, TlsSettings, TlsStore}};
+//! use mesh_hyper::server::{Acceptor, AuthzLayer, serve};
+//! use tower::ServiceBuilder;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = TlsStore::load(TlsFiles::new("cert.pem", "key.pem", "ca.pem"), TlsSettings::default())?;
+//! let authz = Arc::new(Authorizer::new(vec![])?);
+//! let app = ServiceBuilder::new()
+//!     .layer(AuthzLayer::new(authz))
+//!     .service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("ok"))))
+//!     });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9080").await?;
+//! serve(listener, Acceptor::new(Some(store), ServerTlsMode::Strict)?, app).await;
+//! # Ok(()) }
+//! ```
 
+mod accept;
+mod authz;
 mod rate_limit;
+mod serve;
 
-pub use self::rate_limit::{RateLimit, RateLimitLayer, RateLimitRule};
+pub use self::{
+    accept::{AcceptError, Acceptor, ServerStream},
+    authz::{Authz, AuthzLayer},
+    rate_limit::{RateLimit, RateLimitLayer, RateLimitRule, RateLimited},
+    serve::{PeerAddr, WithPeer, serve},
+};

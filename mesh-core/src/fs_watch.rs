@@ -1,0 +1,87 @@
+//! Watching files for changes (used by the endpoints file and by certificate rotation).
+
+use std::{
+    collections::HashSet,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use notify::{
+    EventKind, RecommendedWatcher, RecursiveMode, Watcher,
+    event::{AccessKind, AccessMode},
+};
+
+/// How long a burst of file events is left to settle before the callback runs: editors,
+/// `kubectl` ConfigMap updates and certificate managers write in several steps.
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Watches the directories of `paths` and calls `on_change` (on a dedicated thread) after a
+/// burst of changes to any of those files settles. Symlink swaps of Kubernetes volumes
+/// (`..data`) count as changes. The watch ends when the returned watcher is dropped, or when
+/// `on_change` returns `false`.
+pub(crate) fn watch_files(
+    paths: &[&Path],
+    thread_name: &str,
+    mut on_change: impl FnMut() -> bool + Send + 'static,
+) -> notify::Result<RecommendedWatcher> {
+    let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
+    let mut watcher = notify::recommended_watcher(tx)?;
+    let mut dirs = HashSet::new();
+    let mut names: HashSet<OsString> = HashSet::new();
+    for path in paths {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if dirs.insert(dir.clone()) {
+            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        }
+        if let Some(n) = path.file_name() {
+            names.insert(n.to_owned());
+        }
+    }
+    names.insert(OsString::from("..data"));
+    let relevant = move |event: &notify::Event| {
+        let kind_matters = match event.kind {
+            // Readers open and close the files; only a closed writer means new content.
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        };
+        kind_matters
+            && event
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| names.contains(n)))
+    };
+    std::thread::Builder::new()
+        .name(thread_name.into())
+        .spawn(move || {
+            while let Ok(event) = rx.recv() {
+                match event {
+                    Ok(e) if relevant(&e) => {}
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "file watch error");
+                        continue;
+                    }
+                }
+                let until = Instant::now() + DEBOUNCE;
+                loop {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(_) => continue,
+                        Err(mpsc::RecvTimeoutError::Timeout) => break,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                if !on_change() {
+                    return;
+                }
+            }
+        })
+        .map_err(notify::Error::io)?;
+    Ok(watcher)
+}

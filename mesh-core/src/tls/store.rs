@@ -1,0 +1,202 @@
+//! The current TLS material of a workload, reloaded when its files change.
+
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use arc_swap::ArcSwap;
+use notify::RecommendedWatcher;
+use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion, crypto::CryptoProvider};
+
+use super::{
+    TlsError, TlsFiles, TlsSettings, TlsStatus, TlsVersion,
+    material::{self, Material},
+    verify::{CurrentCert, RotatingClientVerifier, SpiffeServerVerifier},
+};
+use crate::identity::SpiffeId;
+
+/// A workload's TLS material, current and watched. Cheap to clone. See the
+/// [module docs](super).
+#[derive(Clone)]
+pub struct TlsStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    files: TlsFiles,
+    pub(crate) current: ArcSwap<Material>,
+    pub(crate) provider: Arc<CryptoProvider>,
+    versions: &'static [&'static SupportedProtocolVersion],
+    last_error: Mutex<Option<TlsError>>,
+    reloads: AtomicU64,
+    handshakes: AtomicU64,
+    watcher: Mutex<Option<RecommendedWatcher>>,
+}
+
+static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+static TLS12_AND_13: &[&SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+impl TlsStore {
+    /// Loads and validates the material, then watches its files for rotation.
+    pub fn load(files: TlsFiles, settings: TlsSettings) -> Result<Self, TlsError> {
+        let store = Self::load_unwatched(files, settings)?;
+        let weak: Weak<Inner> = Arc::downgrade(&store.inner);
+        let paths = [
+            store.inner.files.cert_chain.as_path(),
+            store.inner.files.key.as_path(),
+            store.inner.files.trust_bundle.as_path(),
+        ];
+        match crate::fs_watch::watch_files(&paths, "mesh-tls-watch", move || {
+            let Some(inner) = weak.upgrade() else {
+                return false;
+            };
+            let _ = TlsStore { inner }.reload();
+            true
+        }) {
+            Ok(w) => {
+                *store
+                    .inner
+                    .watcher
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(w)
+            }
+            Err(e) => tracing::error!(error = %e,
+                "cannot watch TLS files; rotation will need TlsStore::reload"),
+        }
+        Ok(store)
+    }
+
+    /// Loads the material without watching the files (rotate with [`reload`](Self::reload)).
+    pub fn load_unwatched(files: TlsFiles, settings: TlsSettings) -> Result<Self, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let material = material::load(&files, &provider)?;
+        tracing::info!(identity = %material.identity, cert = %files.cert_chain.display(), "TLS identity loaded");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                files,
+                current: ArcSwap::from_pointee(material),
+                provider,
+                versions: match settings.min_version {
+                    TlsVersion::Tls13 => TLS13_ONLY,
+                    TlsVersion::Tls12 => TLS12_AND_13,
+                },
+                last_error: Mutex::new(None),
+                reloads: AtomicU64::new(0),
+                handshakes: AtomicU64::new(0),
+                watcher: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Re-reads the files now. On error the current material stays and the error is returned,
+    /// logged, and kept in [`last_error`](Self::last_error).
+    pub fn reload(&self) -> Result<(), TlsError> {
+        match material::load(&self.inner.files, &self.inner.provider) {
+            Ok(m) => {
+                let old = self.inner.current.load().identity.clone();
+                tracing::info!(identity = %m.identity, previous = %old, "TLS material rotated");
+                self.inner.current.store(Arc::new(m));
+                self.inner.reloads.fetch_add(1, Relaxed);
+                *self
+                    .inner
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "new TLS material rejected; keeping the current one");
+                *self
+                    .inner
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// This workload's SPIFFE ID.
+    pub fn identity(&self) -> SpiffeId {
+        self.inner.current.load().identity.clone()
+    }
+
+    /// The error of the last reload, if it failed.
+    pub fn last_error(&self) -> Option<TlsError> {
+        self.inner
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Successful reloads since load.
+    pub fn reloads(&self) -> u64 {
+        self.inner.reloads.load(Relaxed)
+    }
+
+    /// TLS handshakes completed with configurations of this store (client and server sides).
+    pub fn handshakes(&self) -> u64 {
+        self.inner.handshakes.load(Relaxed)
+    }
+
+    /// Counts a completed handshake (called by the protocol crates' connectors and acceptors).
+    pub fn count_handshake(&self) {
+        self.inner.handshakes.fetch_add(1, Relaxed);
+    }
+
+    /// Identity, expiry and reload state.
+    pub fn status(&self) -> TlsStatus {
+        let m = self.inner.current.load();
+        TlsStatus {
+            identity: m.identity.clone(),
+            not_after: m.not_after,
+            reloads: self.reloads(),
+            last_error: self.last_error().map(|e| e.to_string()),
+        }
+    }
+
+    /// A client configuration presenting this workload's certificate and accepting only a server
+    /// that chains to the bundle and, when `expected` is given, proves that SPIFFE ID.
+    pub fn client_config(
+        &self,
+        expected: Option<SpiffeId>,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ClientConfig>, TlsError> {
+        let verifier = Arc::new(SpiffeServerVerifier::new(self.inner.clone(), expected));
+        let mut config = ClientConfig::builder_with_provider(self.inner.provider.clone())
+            .with_protocol_versions(self.inner.versions)
+            .map_err(|e| TlsError::Rustls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(Arc::new(CurrentCert(self.inner.clone())));
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+
+    /// A server configuration presenting this workload's certificate and requiring a client
+    /// certificate that chains to the bundle.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(self.inner.provider.clone())
+            .with_protocol_versions(self.inner.versions)
+            .map_err(|e| TlsError::Rustls(e.to_string()))?
+            .with_client_cert_verifier(Arc::new(RotatingClientVerifier(self.inner.clone())))
+            .with_cert_resolver(Arc::new(CurrentCert(self.inner.clone())));
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+}
+
+impl fmt::Debug for TlsStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsStore")
+            .field("identity", &self.identity())
+            .field("files", &self.inner.files)
+            .finish_non_exhaustive()
+    }
+}

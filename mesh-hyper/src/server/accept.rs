@@ -1,0 +1,220 @@
+//! Accepting connections: mTLS (STRICT), mTLS or plaintext (PERMISSIVE), or plaintext.
+
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use mesh_core::{
+    identity::PeerIdentity,
+    tls::{ALPN_H2, ALPN_HTTP11, ServerTlsMode, TlsError, TlsStore, spiffe_id_of},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+
+/// First byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Turns accepted TCP connections into mTLS or plaintext streams, per the server's
+/// [`ServerTlsMode`], and tells who the peer is.
+///
+/// ```no_run
+/// use mesh_core::tls::{ServerTlsMode, TlsFiles, TlsSettings, TlsStore};
+/// use mesh_hyper::server::Acceptor;
+///
+/// let store = TlsStore::load(TlsFiles::new("cert.pem", "key.pem", "ca.pem"), TlsSettings::default())?;
+/// let acceptor = Acceptor::new(Some(store), ServerTlsMode::Strict)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Acceptor {
+    tls: Option<(TlsAcceptor, TlsStore)>,
+    mode: ServerTlsMode,
+}
+
+/// A connection could not be accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// STRICT mode and the client spoke plaintext.
+    #[error("plaintext connection from {0} refused: mTLS is required (STRICT)")]
+    PlaintextRefused(SocketAddr),
+    /// The TLS handshake failed (no client certificate, unknown CA, expired, ...).
+    #[error("TLS handshake with {peer} failed: {source}")]
+    Handshake {
+        /// The client.
+        peer: SocketAddr,
+        /// rustls' reason.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the first bytes failed.
+    #[error("connection from {peer}: {source}")]
+    Io {
+        /// The client.
+        peer: SocketAddr,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Acceptor {
+    /// An acceptor for `mode`; STRICT and PERMISSIVE need the server's TLS identity.
+    pub fn new(store: Option<TlsStore>, mode: ServerTlsMode) -> Result<Self, TlsError> {
+        let tls = match (mode, store) {
+            (ServerTlsMode::Disable, _) => None,
+            (_, None) => {
+                return Err(TlsError::Rustls(format!(
+                    "{mode:?} mTLS needs the server's TLS identity (a TlsStore)"
+                )));
+            }
+            (_, Some(store)) => {
+                let config = store.server_config(&[ALPN_H2, ALPN_HTTP11])?;
+                Some((TlsAcceptor::from(Arc::clone(&config)), store))
+            }
+        };
+        Ok(Self { tls, mode })
+    }
+
+    /// A plaintext-only acceptor.
+    pub fn plaintext() -> Self {
+        Self {
+            tls: None,
+            mode: ServerTlsMode::Disable,
+        }
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> ServerTlsMode {
+        self.mode
+    }
+
+    /// Accepts one connection: the stream to serve and the peer's identity (none for plaintext).
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(ServerStream, PeerIdentity), AcceptError> {
+        let peer = tcp.peer_addr().map_err(|source| AcceptError::Io {
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        let Some((acceptor, store)) = &self.tls else {
+            return Ok((ServerStream::Plain(tcp), PeerIdentity(None)));
+        };
+        let is_tls = {
+            let mut first = [0u8; 1];
+            match tcp.peek(&mut first).await {
+                Ok(0) => false,
+                Ok(_) => first[0] == TLS_HANDSHAKE,
+                Err(source) => return Err(AcceptError::Io { peer, source }),
+            }
+        };
+        if !is_tls {
+            return match self.mode {
+                ServerTlsMode::Permissive => {
+                    tracing::debug!(%peer, "plaintext connection accepted (PERMISSIVE)");
+                    Ok((ServerStream::Plain(tcp), PeerIdentity(None)))
+                }
+                _ => {
+                    tracing::debug!(%peer, "plaintext connection refused (STRICT)");
+                    Err(AcceptError::PlaintextRefused(peer))
+                }
+            };
+        }
+        let stream = acceptor.accept(tcp).await.map_err(|source| {
+            tracing::debug!(%peer, error = %source, "TLS handshake failed");
+            AcceptError::Handshake { peer, source }
+        })?;
+        store.count_handshake();
+        let identity = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|leaf| spiffe_id_of(leaf).ok());
+        tracing::debug!(%peer, identity = ?identity, "mTLS connection accepted");
+        Ok((ServerStream::Tls(Box::new(stream)), PeerIdentity(identity)))
+    }
+}
+
+/// An accepted connection.
+pub enum ServerStream {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// mTLS.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl ServerStream {
+    /// Whether HTTP/2 was negotiated with ALPN.
+    pub fn is_h2(&self) -> bool {
+        match self {
+            ServerStream::Plain(_) => false,
+            ServerStream::Tls(s) => s.get_ref().1.alpn_protocol() == Some(ALPN_H2),
+        }
+    }
+}
+
+impl AsyncRead for ServerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ServerStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ServerStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ServerStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ServerStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ServerStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServerStream::Plain(s) => s.is_write_vectored(),
+            ServerStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
