@@ -19,6 +19,11 @@
 //!   slow replica keeps its share and the rows isolate hedging), and `slow-one-p2c` (the default
 //!   balancer, which avoids the slow replica by itself).
 //!
+//! - `mtls`: `raw` (plain HTTP), `raw-tls` (hyper-util over rustls mTLS to a rustls server, no
+//!   mesh), `mesh-mtls` (the mesh client's full stack with mTLS to a mesh server: STRICT
+//!   acceptor + authorization), `haproxy-2hop-mtls` (client sidecar → mTLS → server sidecar, the
+//!   Istio shape), at concurrency 1 and 32; extra column `handshakes_per_1k`.
+//!
 //! The backend, the load generator and the client share one tokio runtime with one worker per
 //! core; their CPU is in every variant alike (it dilutes ratios: say so next to them). HAProxy is
 //! a separate process whose CPU is added to `cpu_us_per_req`.
@@ -29,6 +34,7 @@ mod report;
 mod scenarios;
 mod sidecar;
 mod targets;
+mod tls;
 
 use std::{future::Future, path::PathBuf, pin::Pin, process::ExitCode, time::Duration};
 
@@ -55,7 +61,7 @@ pub struct Opts {
     concurrency: Vec<usize>,
 }
 
-const USAGE: &str = "usage: bench <overhead|lb|faults> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...] [--concurrency N,...]";
+const USAGE: &str = "usage: bench <overhead|lb|faults|mtls> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...] [--concurrency N,...]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
@@ -169,6 +175,16 @@ async fn main_async(opts: Opts) -> Result<bool, String> {
                 rows,
                 checks,
                 "the default stack; 1 ms backends; one refuses connections, returns 503 half the time, or answers 10 % of requests after 100 ms; all-down refuses everywhere; slow-one(-hedged) balance round robin; a new client per run",
+            )
+        }
+        "mtls" => {
+            let s = scenarios::Mtls::new(&opts).await?;
+            let rows = rounds(&opts, &s.variants, &[1, 32]).await;
+            let checks = scenarios::Mtls::checks(&rows);
+            (
+                rows,
+                checks,
+                "TLS 1.3, ECDSA P-256; raw-tls and mesh-mtls servers in process; the HAProxy sidecars' CPU is added to their rows",
             )
         }
         "lb" => {

@@ -21,8 +21,10 @@ pub fn kit_dir(flag: Option<&str>) -> PathBuf {
 }
 
 pub struct HaProxy {
-    child: Child,
+    children: Vec<Child>,
     pub listen: SocketAddr,
+    /// Holds the generated certificates of the 2-hop setup.
+    _certs: Option<tempfile::TempDir>,
 }
 
 fn free_port() -> u16 {
@@ -44,57 +46,133 @@ impl HaProxy {
     /// Starts `haproxy-1hop.cfg` in front of `upstream`. Fails with instructions when HAProxy
     /// or the kit is missing: the bench never silently drops the sidecar variant.
     pub fn start_1hop(kit: &Path, upstream: SocketAddr) -> Result<Self, String> {
-        let cfg = kit.join("haproxy-1hop.cfg");
-        if !cfg.is_file() {
+        let cfg = kit_file(kit, "haproxy-1hop.cfg")?;
+        let bin = haproxy_bin()?;
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = spawn(
+            &bin,
+            &cfg,
+            &[
+                ("SIDECAR_LISTEN", listen.to_string()),
+                ("SIDECAR_UPSTREAM", upstream.to_string()),
+                ("SIDECAR_THREADS", "1".into()),
+            ],
+        )?;
+        let mut hp = HaProxy {
+            children: vec![child],
+            listen,
+            _certs: None,
+        };
+        hp.wait_listening()?;
+        Ok(hp)
+    }
+
+    /// Starts the Istio-shaped path of `haproxy-2hop-mtls.cfg`: a client-side sidecar (plain
+    /// in, mTLS out) and a server-side sidecar (mTLS in, plain out to `upstream`), as two
+    /// processes, with certificates made by the kit's `gen-certs.sh`.
+    pub fn start_2hop_mtls(kit: &Path, upstream: SocketAddr) -> Result<Self, String> {
+        let cfg = kit_file(kit, "haproxy-2hop-mtls.cfg")?;
+        let gen_certs = kit_file(kit, "gen-certs.sh")?;
+        let bin = haproxy_bin()?;
+        let certs = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new("bash")
+            .arg(&gen_certs)
+            .arg(certs.path())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", gen_certs.display()))?;
+        if !out.status.success() {
             return Err(format!(
-                "sidecar kit not found: {} does not exist (pass --sidecar-kit DIR or set MESH_SIDECAR_KIT)",
-                cfg.display()
+                "{} failed (is openssl installed? apt-get install -y openssl): {}",
+                gen_certs.display(),
+                String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let Some(bin) = find_haproxy() else {
-            return Err("haproxy is not installed; the sidecar variant needs it:\n    \
-                 apt-get update && apt-get install -y haproxy\n\
-                 (or run ../shared/bench/sidecar/start.sh once as root, which installs the kit's tools)"
-                .to_owned());
-        };
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = Command::new(bin)
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .env("SIDECAR_LISTEN", listen.to_string())
-            .env("SIDECAR_UPSTREAM", upstream.to_string())
-            .env("SIDECAR_THREADS", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start haproxy: {e}"))?;
-        let mut hp = HaProxy { child, listen };
+        let server_sidecar = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let common = |role: &str| {
+            vec![
+                ("SIDECAR_ROLE", role.to_owned()),
+                ("SIDECAR_CERT_DIR", certs.path().display().to_string()),
+                ("CLIENT_SIDECAR_LISTEN", listen.to_string()),
+                ("SERVER_SIDECAR_ADDR", server_sidecar.to_string()),
+                ("SIDECAR_UPSTREAM", upstream.to_string()),
+                ("SIDECAR_THREADS", "1".to_owned()),
+            ]
+        };
+        let server = spawn(&bin, &cfg, &common("server"))?;
+        let client = spawn(&bin, &cfg, &common("client"))?;
+        let mut hp = HaProxy {
+            children: vec![server, client],
+            listen,
+            _certs: Some(certs),
+        };
+        hp.wait_listening()?;
+        Ok(hp)
+    }
+
+    fn wait_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(listen).is_err() {
-            if let Ok(Some(status)) = hp.child.try_wait() {
-                return Err(format!("haproxy exited at start: {status}"));
+        while TcpStream::connect(self.listen).is_err() {
+            for c in &mut self.children {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(format!("haproxy exited at start: {status}"));
+                }
             }
             if Instant::now() > deadline {
                 return Err("haproxy did not listen within 5 s".into());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(hp)
+        Ok(())
     }
 
-    /// CPU time HAProxy has used so far (utime + stime from /proc).
+    /// CPU time the HAProxy processes have used so far (utime + stime from /proc).
     pub fn cpu(&self) -> Duration {
-        proc_cpu(self.child.id())
+        self.children.iter().map(|c| proc_cpu(c.id())).sum()
     }
 }
 
 impl Drop for HaProxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
+}
+
+fn kit_file(kit: &Path, name: &str) -> Result<PathBuf, String> {
+    let f = kit.join(name);
+    if f.is_file() {
+        Ok(f)
+    } else {
+        Err(format!(
+            "sidecar kit not found: {} does not exist (pass --sidecar-kit DIR or set MESH_SIDECAR_KIT)",
+            f.display()
+        ))
+    }
+}
+
+fn haproxy_bin() -> Result<PathBuf, String> {
+    find_haproxy().ok_or_else(|| {
+        "haproxy is not installed; the sidecar variants need it:\n    \
+         apt-get update && apt-get install -y haproxy\n\
+         (or run ../shared/bench/sidecar/start.sh once as root, which installs the kit's tools)"
+            .to_owned()
+    })
+}
+
+fn spawn(bin: &Path, cfg: &Path, env: &[(&str, String)]) -> Result<Child, String> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("-db").arg("-f").arg(cfg);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start haproxy: {e}"))
 }
 
 /// utime + stime of a process, from /proc/PID/stat.

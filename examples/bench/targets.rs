@@ -33,7 +33,7 @@ impl Raw {
     }
 }
 
-async fn finish(
+pub async fn finish(
     rsp: Result<http::Response<hyper::body::Incoming>, impl std::fmt::Display>,
 ) -> Result<(), String> {
     let rsp = rsp.map_err(|e| e.to_string())?;

@@ -79,11 +79,13 @@ type BoxResponse<S, Req> = Pin<
 >;
 
 pin_project! {
-    /// The endpoint call: made at once, or (if the endpoint was not ready) after it is.
+    /// The endpoint call: made at once, or (if the endpoint was not ready) after it is. The
+    /// rare waiting case is boxed: it holds the whole request, and this future is moved through
+    /// every layer above.
     #[project = CallProj]
     pub(crate) enum Call<S: Service<Req>, Req> {
         Called { #[pin] fut: S::Future },
-        Waiting { #[pin] oneshot: Oneshot<S, Req> },
+        Waiting { oneshot: Pin<Box<Oneshot<S, Req>>> },
     }
 }
 
@@ -93,7 +95,9 @@ impl<S: Service<Req>, Req> Call<S, Req> {
         Call::Called { fut }
     }
     pub(crate) fn Waiting(oneshot: Oneshot<S, Req>) -> Self {
-        Call::Waiting { oneshot }
+        Call::Waiting {
+            oneshot: Box::pin(oneshot),
+        }
     }
 }
 
@@ -102,7 +106,7 @@ impl<S: Service<Req>, Req> Future for Call<S, Req> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             CallProj::Called { fut } => fut.poll(cx),
-            CallProj::Waiting { oneshot } => oneshot.poll(cx),
+            CallProj::Waiting { oneshot } => oneshot.as_mut().poll(cx),
         }
     }
 }

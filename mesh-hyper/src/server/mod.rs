@@ -34,5 +34,5 @@ pub use self::{
     accept::{AcceptError, Acceptor, ServerStream},
     authz::{Authz, AuthzLayer},
     rate_limit::{RateLimit, RateLimitLayer, RateLimitRule, RateLimited},
-    serve::{PeerAddr, WithPeer, serve},
+    serve::{WithPeer, serve},
 };

@@ -2,7 +2,6 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
     task::{Context, Poll},
 };
 
@@ -19,26 +18,17 @@ use tower_service::Service;
 
 use super::Acceptor;
 
-/// The client's address, in request extensions next to [`PeerIdentity`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
-
-/// Puts the connection's peer identity and address into every request's extensions.
+/// Puts the connection's peer identity into every request's extensions.
 #[derive(Clone, Debug)]
 pub struct WithPeer<S> {
     inner: S,
     identity: PeerIdentity,
-    addr: SocketAddr,
 }
 
 impl<S> WithPeer<S> {
     /// Wraps `inner` for one connection.
-    pub fn new(inner: S, identity: PeerIdentity, addr: SocketAddr) -> Self {
-        Self {
-            inner,
-            identity,
-            addr,
-        }
+    pub fn new(inner: S, identity: PeerIdentity) -> Self {
+        Self { inner, identity }
     }
 }
 
@@ -56,14 +46,13 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         req.extensions_mut().insert(self.identity.clone());
-        req.extensions_mut().insert(PeerAddr(self.addr));
         self.inner.call(req)
     }
 }
 
 /// Accepts connections on `listener` forever, each through `acceptor` (mTLS / plaintext per its
 /// mode), and serves `service` on it with hyper (HTTP/1.1 and HTTP/2, by ALPN or prior
-/// knowledge). Requests carry [`PeerIdentity`] and [`PeerAddr`] in their extensions. Connection
+/// knowledge). Requests carry [`PeerIdentity`] in their extensions. Connection
 /// errors are logged at `debug` and do not stop the server; accept errors (out of file
 /// descriptors) are logged and retried after a short pause.
 pub async fn serve<S, B>(listener: TcpListener, acceptor: Acceptor, service: S) -> Infallible
@@ -99,7 +88,7 @@ where
                     return;
                 }
             };
-            let svc = TowerToHyperService::new(WithPeer::new(service, identity, addr));
+            let svc = TowerToHyperService::new(WithPeer::new(service, identity));
             let io = TokioIo::new(stream);
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(io, svc)
