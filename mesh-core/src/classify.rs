@@ -40,6 +40,13 @@ impl ResponseClass {
     pub fn is_failure(&self) -> bool {
         matches!(self, ResponseClass::Failure(_))
     }
+
+    /// Whether this is a failure that counts against the endpoint (see
+    /// [`FailureKind::is_endpoint_fault`]): what outlier ejection, load estimates and circuit
+    /// breakers look at.
+    pub fn is_endpoint_failure(&self) -> bool {
+        matches!(self, ResponseClass::Failure(k) if k.is_endpoint_fault())
+    }
 }
 
 /// Kinds of failure.
@@ -57,8 +64,11 @@ pub enum FailureKind {
     Local,
     /// The request timed out; the server may have processed it.
     Timeout,
-    /// The server answered with a failure status (HTTP status code, or gRPC status code).
+    /// The server answered with a failing HTTP status (5xx).
     Status(u16),
+    /// The server answered with a gRPC status other than `OK` (the code, 1 to 16), in the
+    /// response headers (a trailers-only response) or in its trailers.
+    Grpc(u16),
     /// The connection failed mid-request, or any other error; the server may have processed it.
     Other,
 }
@@ -77,6 +87,23 @@ impl FailureKind {
     }
 }
 
+/// gRPC codes that count against the endpoint that answered them (outlier ejection, load
+/// estimate, circuit breaking): those Envoy maps to a 5xx status — `UNKNOWN`, `DEADLINE_EXCEEDED`,
+/// `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`. The others (`INVALID_ARGUMENT`,
+/// `NOT_FOUND`, `PERMISSION_DENIED`, ...) describe the request, not the server's health.
+pub const GRPC_ENDPOINT_FAULTS: [u16; 6] = [2, 4, 12, 13, 14, 15];
+
+impl FailureKind {
+    /// Whether this failure says something about the endpoint's health: everything except gRPC
+    /// statuses that describe the request (see [`GRPC_ENDPOINT_FAULTS`]).
+    pub fn is_endpoint_fault(&self) -> bool {
+        match self {
+            FailureKind::Grpc(code) => GRPC_ENDPOINT_FAULTS.contains(code),
+            _ => true,
+        }
+    }
+}
+
 impl fmt::Display for FailureKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -86,6 +113,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Local => f.write_str("refused locally"),
             FailureKind::Timeout => f.write_str("timeout"),
             FailureKind::Status(s) => write!(f, "status {s}"),
+            FailureKind::Grpc(c) => write!(f, "grpc-status {c}"),
             FailureKind::Other => f.write_str("request failure"),
         }
     }
@@ -100,6 +128,75 @@ pub trait Classify<T, E> {
     /// their endpoint, a marker on failed responses). Retries use it to go elsewhere.
     fn endpoint(&self, _result: Result<&T, &E>) -> Option<std::net::SocketAddr> {
         None
+    }
+
+    /// For a response whose outcome is only known when its body ends (a gRPC response with
+    /// headers: its status comes in the trailers), stores `outcome()` in it and returns `true`;
+    /// the protocol crate reports the final class through it. The default (`false`): the
+    /// class of the response head is final.
+    fn defer_outcome(&self, _response: &mut T, _outcome: &mut dyn FnMut() -> LateOutcome) -> bool {
+        false
+    }
+}
+
+type Report = Box<dyn FnOnce(Option<ResponseClass>) + Send>;
+
+/// The outcome of a response, reported when its body ends: a balancer hands one to the
+/// protocol crate (in the response's extensions) for responses whose class the head does not
+/// decide, and the protocol crate calls [`report`](LateOutcome::report) once the status is
+/// known (trailers). Only the first report counts, whichever clone makes it. When the last clone
+/// is dropped unreported (the caller gave up reading the body), the report runs with `None`.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use mesh_core::classify::{FailureKind, LateOutcome, ResponseClass};
+///
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let log = seen.clone();
+/// let outcome = LateOutcome::new(move |class| log.lock().unwrap().push(class));
+/// outcome.clone().report(ResponseClass::Failure(FailureKind::Grpc(14)));
+/// outcome.report(ResponseClass::Success); // ignored: already reported
+/// drop(outcome);
+/// assert_eq!(*seen.lock().unwrap(), vec![Some(ResponseClass::Failure(FailureKind::Grpc(14)))]);
+/// ```
+#[derive(Clone)]
+pub struct LateOutcome(std::sync::Arc<LateInner>);
+
+struct LateInner(std::sync::Mutex<Option<Report>>);
+
+impl LateOutcome {
+    /// An outcome that runs `report` once: with the final class, or `None` if abandoned.
+    pub fn new(report: impl FnOnce(Option<ResponseClass>) + Send + 'static) -> Self {
+        Self(std::sync::Arc::new(LateInner(std::sync::Mutex::new(Some(
+            Box::new(report),
+        )))))
+    }
+
+    /// Reports the final class (only the first report counts).
+    pub fn report(&self, class: ResponseClass) {
+        if let Some(report) = self.0.take() {
+            report(Some(class));
+        }
+    }
+}
+
+impl LateInner {
+    fn take(&self) -> Option<Report> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Drop for LateInner {
+    fn drop(&mut self) {
+        if let Some(report) = self.take() {
+            report(None);
+        }
+    }
+}
+
+impl fmt::Debug for LateOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LateOutcome")
     }
 }
 
@@ -128,5 +225,9 @@ impl<T, E, C: Classify<T, E>> Classify<T, E> for std::sync::Arc<C> {
 
     fn endpoint(&self, result: Result<&T, &E>) -> Option<std::net::SocketAddr> {
         (**self).endpoint(result)
+    }
+
+    fn defer_outcome(&self, response: &mut T, outcome: &mut dyn FnMut() -> LateOutcome) -> bool {
+        (**self).defer_outcome(response, outcome)
     }
 }

@@ -2,8 +2,16 @@
 //!
 //! A [`Deadline`] is an instant by which the request must be answered. The timeout layer stores
 //! it in the request's extensions; layers below (retries, limits) read it to stop early, and
-//! outgoing calls made while handling a request can inherit it (gRPC's `grpc-timeout`). Setting a
+//! outgoing calls made while handling a request inherit it (gRPC's `grpc-timeout`). Setting a
 //! deadline never extends one already present: the earlier one wins.
+//!
+//! **Propagation is task-local.** A server layer (mesh-tonic's `DeadlineLayer`) runs the
+//! handler inside [`Deadline::scope`]; every mesh client call made from that task while the
+//! handler runs picks the deadline up through [`Deadline::current`], with no application code.
+//! Task-local rather than request extensions because the outgoing request is a new request the
+//! application builds: nothing of the incoming one reaches it unless the application copies
+//! it, which is exactly the leak of platform logic the mesh exists to avoid. The limit: work
+//! the handler hands to a *spawned* task leaves the scope (wrap it in `Deadline::scope` too).
 //!
 //! ```
 //! use std::time::Duration;
@@ -16,7 +24,16 @@
 //! assert!(d.remaining() <= Duration::from_secs(5));
 //! ```
 
-use std::time::{Duration, Instant};
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use tokio::task::futures::TaskLocalFuture;
+
+tokio::task_local! {
+    static CURRENT: Deadline;
+}
 
 /// The instant by which a request must be answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,6 +67,34 @@ impl Deadline {
     /// Whether it has passed.
     pub fn is_expired(&self) -> bool {
         Instant::now() >= self.0
+    }
+
+    /// The deadline of the incoming request the current task is handling, if a server layer
+    /// set one (see the [module docs](self)).
+    pub fn current() -> Option<Deadline> {
+        CURRENT.try_with(|d| *d).ok()
+    }
+
+    /// Runs `fut` with this deadline (or the current one, if earlier) as
+    /// [`current`](Self::current).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use mesh_core::deadline::Deadline;
+    ///
+    /// let d = Deadline::after(Duration::from_secs(1));
+    /// let seen = d.scope(async { Deadline::current() }).await;
+    /// assert_eq!(seen, Some(d));
+    /// assert_eq!(Deadline::current(), None);
+    /// # }
+    /// ```
+    pub fn scope<F: Future>(self, fut: F) -> TaskLocalFuture<Deadline, F> {
+        let effective = match Self::current() {
+            Some(outer) if outer <= self => outer,
+            _ => self,
+        };
+        CURRENT.scope(effective, fut)
     }
 
     /// The request's deadline, if it has one.

@@ -173,6 +173,11 @@ impl EndpointSet {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
+    /// The subset of endpoints for which `keep` is true.
+    pub fn filter(&self, mut keep: impl FnMut(&Endpoint) -> bool) -> Self {
+        Self(self.0.iter().filter(|e| keep(e)).cloned().collect())
+    }
+
     /// The subset whose labels match `selector` (Istio `DestinationRule` subsets).
     pub fn select<'a>(
         &self,

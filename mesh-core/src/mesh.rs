@@ -43,7 +43,7 @@ use crate::{
     breaker::BreakerPolicy,
     discover::{
         DiscoveryError, DnsOptions, DnsResolver, DnsSource, EndpointSource, FileSource,
-        StaticSource, Subscription,
+        StaticSource, Subscription, health::HealthCheckPolicy,
     },
     endpoint::Endpoint,
     limit::LimitPolicy,
@@ -85,6 +85,9 @@ pub struct ServiceConfig {
     pub breaker: Option<BreakerPolicy>,
     /// mTLS to the endpoints.
     pub tls: ClientTlsPolicy,
+    /// Active health checks of the endpoints (off by default, as in Istio: outlier ejection
+    /// is the passive check that is always on).
+    pub health_check: Option<HealthCheckPolicy>,
 }
 
 impl ServiceConfig {
@@ -98,6 +101,9 @@ impl ServiceConfig {
         self.limits.validate().map_err(|e| e.within("limits"))?;
         if let Some(b) = &self.breaker {
             b.validate().map_err(|e| e.within("breaker"))?;
+        }
+        if let Some(h) = &self.health_check {
+            h.validate().map_err(|e| e.within("healthCheck"))?;
         }
         Ok(())
     }

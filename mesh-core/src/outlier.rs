@@ -356,7 +356,7 @@ impl Outlier {
         }
         let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         let sec = now_ns / 1_000_000_000;
-        let ok = !class.is_failure();
+        let ok = !class.is_endpoint_failure();
         health.window.record(sec, ok);
         if ok {
             if health.consecutive.load(Relaxed) != 0 {

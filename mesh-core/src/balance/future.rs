@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use super::{Shared, table::Slot};
 use crate::{
-    classify::{Classify, ResponseClass},
+    classify::{Classify, LateOutcome, ResponseClass},
     outlier::HealthState,
 };
 
@@ -42,11 +42,37 @@ impl<S> InFlight<S> {
     }
 
     fn complete(&mut self, class: ResponseClass) {
+        let now = self.observe(class);
+        self.slot
+            .outlier
+            .record(self.slot.endpoint.addr, &self.slot.health, class, now);
+    }
+
+    /// The response head is here but its class is only known at the end of its body: feeds the
+    /// latency now and returns the report to make later.
+    fn defer(&mut self) -> LateOutcome {
+        self.observe(ResponseClass::Success);
+        let (outlier, health, addr) = (
+            self.slot.outlier.clone(),
+            self.slot.health.clone(),
+            self.slot.endpoint.addr,
+        );
+        LateOutcome::new(move |class| match class {
+            Some(class) => outlier.record(addr, &health, class, Instant::now()),
+            None if health.state() == HealthState::Probing => {
+                outlier.probe_abandoned(addr, &health)
+            }
+            None => {}
+        })
+    }
+
+    /// Feeds the latency into the load estimate; returns the time.
+    fn observe(&mut self, class: ResponseClass) -> Instant {
         self.done = true;
         let now = Instant::now();
         let now_ns = super::ewma::nanos_since(self.epoch, now);
         let mut rtt = now.saturating_duration_since(self.start);
-        if class.is_failure() {
+        if class.is_endpoint_failure() {
             // A failure never makes an endpoint look faster: fast failures (connection refused)
             // would otherwise attract traffic.
             if let Some(est) = self.slot.load.estimate_ns(now_ns, self.decay_ns) {
@@ -54,9 +80,7 @@ impl<S> InFlight<S> {
             }
         }
         self.slot.load.observe(rtt, now_ns, self.decay_ns);
-        self.slot
-            .outlier
-            .record(self.slot.endpoint.addr, &self.slot.health, class, now);
+        now
     }
 }
 
@@ -166,9 +190,18 @@ where
                 in_flight,
                 classifier,
             } => {
-                let out = ready!(call.poll(cx));
+                let mut out = ready!(call.poll(cx));
                 if let Some(mut t) = in_flight.take() {
-                    t.complete(classifier.classify(out.as_ref()));
+                    let class = classifier.classify(out.as_ref());
+                    let deferred = match (&mut out, class) {
+                        (Ok(rsp), ResponseClass::Success) => {
+                            classifier.defer_outcome(rsp, &mut || t.defer())
+                        }
+                        _ => false,
+                    };
+                    if !deferred {
+                        t.complete(class);
+                    }
                 }
                 Poll::Ready(out)
             }

@@ -427,7 +427,11 @@ where
             FutProj::Tracked { fut, guard } => {
                 let out = ready!(fut.poll(cx));
                 if let Some(mut g) = guard.take() {
-                    let failed = g.shared.classifier.classify(out.as_ref()).is_failure();
+                    let failed = g
+                        .shared
+                        .classifier
+                        .classify(out.as_ref())
+                        .is_endpoint_failure();
                     g.shared.record(g.trial, failed);
                     g.trial = false; // recorded: not abandoned
                 }

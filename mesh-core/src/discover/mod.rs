@@ -9,6 +9,9 @@
 //! - [`DnsSource`]: A/AAAA (`host:port`) or SRV names through hickory-resolver, re-resolved at the
 //!   record TTL within min/max clamps.
 //!
+//! [`health::health_checked`] filters any subscription down to the endpoints passing active
+//! health checks.
+//!
 //! Every source **keeps the last good set** when it breaks: an unreadable file, an NXDOMAIN or a
 //! timeout is recorded in [`Snapshot::last_error`] and logged, and the endpoints stay as they were.
 //!
@@ -27,6 +30,7 @@
 
 mod dns;
 mod file;
+pub mod health;
 mod stream;
 
 use std::{fmt, path::PathBuf, sync::Arc};

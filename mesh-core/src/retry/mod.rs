@@ -761,6 +761,9 @@ fn decide_kind<C>(
         FailureKind::Refused => on.refused_stream,
         FailureKind::Timeout => timed_out && on.per_try_timeout && idempotent,
         FailureKind::Status(s) => idempotent && on.statuses.contains(&s),
+        // gRPC calls are all POSTs; as in gRPC's own retry design, the codes listed are the
+        // ones the service owner declares safe to retry, whatever the method.
+        FailureKind::Grpc(code) => on.grpc_statuses.contains(&code),
         FailureKind::NoEndpoints | FailureKind::Local | FailureKind::Other => false,
     }
 }

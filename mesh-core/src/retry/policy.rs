@@ -11,6 +11,12 @@ pub const DEFAULT_RETRIES: u32 = 2;
 /// Statuses retried by default: 502, 503, 504 — Envoy's `retriable-status-codes` set that
 /// Istio's default `retryOn` (`gateway-error`) stands for.
 pub const DEFAULT_RETRY_STATUSES: [u16; 3] = [502, 503, 504];
+/// gRPC statuses retried by default: `UNAVAILABLE` (14) only — gRPC's own guidance: the one
+/// code that says the call was not processed. `DEADLINE_EXCEEDED`, `INVALID_ARGUMENT` and the
+/// like are never retried unless listed.
+pub const DEFAULT_RETRY_GRPC_STATUSES: [u16; 1] = [14];
+/// Backoff growth per retry: 2 (Envoy's and gRPC's usual `backoffMultiplier`).
+pub const DEFAULT_BACKOFF_MULTIPLIER: f64 = 2.0;
 /// First backoff: 25 ms, Envoy's `base_interval` default.
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(25);
 /// Largest backoff: 250 ms, Envoy's `max_interval` default (10 × base).
@@ -33,8 +39,8 @@ pub const DEFAULT_MAX_CONCURRENT_RETRIES: u32 = 256;
 /// ```yaml
 /// attempts: 2                 # retries after the first try
 /// perTryTimeout: 500ms
-/// retryOn: { statuses: [502, 503, 504], connectFailure: true, refusedStream: true, perTryTimeout: true }
-/// backoff: { base: 25ms, max: 250ms }
+/// retryOn: { statuses: [502, 503, 504], grpcStatuses: [14], connectFailure: true, refusedStream: true, perTryTimeout: true }
+/// backoff: { base: 25ms, max: 250ms, multiplier: 2 }
 /// retryNonIdempotent: false
 /// maxReplayBytes: 65536
 /// maxConcurrentRetries: 256
@@ -114,6 +120,17 @@ impl RetryPolicy {
                 format!("{s} is not an HTTP status code"),
             ));
         }
+        if let Some(c) = self
+            .retry_on
+            .grpc_statuses
+            .iter()
+            .find(|c| !(1..=16).contains(*c))
+        {
+            return Err(PolicyError::new(
+                "retryOn.grpcStatuses",
+                format!("{c} is not a gRPC status code other than OK (1 to 16)"),
+            ));
+        }
         self.backoff.validate().map_err(|e| e.within("backoff"))?;
         self.budget.validate().map_err(|e| e.within("budget"))?;
         if let Some(h) = &self.hedge {
@@ -129,6 +146,9 @@ impl RetryPolicy {
 pub struct RetryOn {
     /// Response statuses retried (idempotent requests only, unless `retryNonIdempotent`).
     pub statuses: Vec<u16>,
+    /// gRPC statuses retried (codes 1 to 16), for every call: gRPC's retry semantics, where the
+    /// listed codes are declared safe to retry. Default `[14]` (`UNAVAILABLE`).
+    pub grpc_statuses: Vec<u16>,
     /// Connection could not be made (never reached the server).
     pub connect_failure: bool,
     /// HTTP/2 `REFUSED_STREAM`, or a `GOAWAY` that did not cover the stream.
@@ -141,6 +161,7 @@ impl Default for RetryOn {
     fn default() -> Self {
         Self {
             statuses: DEFAULT_RETRY_STATUSES.to_vec(),
+            grpc_statuses: DEFAULT_RETRY_GRPC_STATUSES.to_vec(),
             connect_failure: true,
             refused_stream: true,
             per_try_timeout: true,
@@ -149,9 +170,10 @@ impl Default for RetryOn {
 }
 
 /// Exponential backoff with full jitter: before retry `n` (1-based) wait a random time in
-/// `[0, min(max, base × 2^(n−1))]` (AWS Architecture Blog, "Exponential Backoff And Jitter":
-/// full jitter spreads retries of many clients best).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `[0, min(max, base × multiplier^(n−1))]` (AWS Architecture Blog, "Exponential Backoff And
+/// Jitter": full jitter spreads retries of many clients best; gRPC's retry design uses the
+/// same formula).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Backoff {
     /// The first retry's upper bound.
@@ -160,6 +182,8 @@ pub struct Backoff {
     /// The upper bound never exceeds this.
     #[serde(with = "crate::duration::serde")]
     pub max: Duration,
+    /// Growth of the bound per retry (1 to 10; default 2).
+    pub multiplier: f64,
 }
 
 impl Default for Backoff {
@@ -167,6 +191,7 @@ impl Default for Backoff {
         Self {
             base: DEFAULT_BACKOFF_BASE,
             max: DEFAULT_BACKOFF_MAX,
+            multiplier: DEFAULT_BACKOFF_MULTIPLIER,
         }
     }
 }
@@ -174,8 +199,14 @@ impl Default for Backoff {
 impl Backoff {
     /// The upper bound before retry `n` (1-based).
     pub fn ceiling(&self, n: u32) -> Duration {
-        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.max)
+        let exp = i32::try_from(n.saturating_sub(1)).unwrap_or(i32::MAX);
+        let factor = self.multiplier.powi(exp);
+        // Saturate rather than overflow: the cap applies anyway.
+        let bound = self.base.as_secs_f64() * factor;
+        if !bound.is_finite() || bound >= self.max.as_secs_f64() {
+            return self.max;
+        }
+        Duration::from_secs_f64(bound).min(self.max)
     }
 
     /// A random wait before retry `n`.
@@ -192,6 +223,9 @@ impl Backoff {
     fn validate(&self) -> Result<(), PolicyError> {
         if self.max < self.base {
             return Err(PolicyError::new("max", "must not be less than base"));
+        }
+        if !(1.0..=10.0).contains(&self.multiplier) {
+            return Err(PolicyError::new("multiplier", "must be between 1 and 10"));
         }
         Ok(())
     }
@@ -298,6 +332,10 @@ mod tests {
         assert_eq!(p.validate().unwrap_err().field, "budget.ttl");
         let p: RetryPolicy = serde_json::from_str(r#"{"retryOn": {"statuses": [700]}}"#).unwrap();
         assert_eq!(p.validate().unwrap_err().field, "retryOn.statuses");
+        let p: RetryPolicy = serde_json::from_str(r#"{"retryOn": {"grpcStatuses": [0]}}"#).unwrap();
+        assert_eq!(p.validate().unwrap_err().field, "retryOn.grpcStatuses");
+        let p: RetryPolicy = serde_json::from_str(r#"{"backoff": {"multiplier": 0.5}}"#).unwrap();
+        assert_eq!(p.validate().unwrap_err().field, "backoff.multiplier");
         assert!(serde_json::from_str::<RetryPolicy>(r#"{"atempts": 3}"#).is_err());
     }
 
@@ -312,5 +350,11 @@ mod tests {
         for n in 1..6 {
             assert!(b.delay(n) <= b.ceiling(n));
         }
+        let b = Backoff {
+            multiplier: 1.5,
+            max: Duration::from_secs(1),
+            ..b
+        };
+        assert_eq!(b.ceiling(3), Duration::from_micros(56_250));
     }
 }

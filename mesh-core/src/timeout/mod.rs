@@ -6,8 +6,9 @@
 //! retries lives in [`retry`](crate::retry), which also reads this deadline: no retry is started
 //! that could not finish before it.
 //!
-//! With no timeout configured the layer still honours a deadline the request already carries
-//! (propagated from an incoming call), and otherwise costs nothing. Like Istio and Linkerd, mesh
+//! With no timeout configured the layer still honours a deadline the request already carries,
+//! or the deadline of the incoming request the current task is handling
+//! ([`Deadline::current`], set by the servers' deadline layers), and otherwise costs nothing. Like Istio and Linkerd, mesh
 //! sets no timeout by default.
 //!
 //! ```
@@ -137,8 +138,17 @@ where
 impl<S> Timeout<S> {
     /// Sets the request's deadline; returns the timer and the error to give when it fires.
     fn arm<B>(&self, req: &mut http::Request<B>) -> (Option<Pin<Box<Sleep>>>, Option<TimedOut>) {
+        if Deadline::of(req).is_none() {
+            // A call made while handling an incoming request inherits its deadline.
+            if let Some(inherited) = Deadline::current() {
+                inherited.apply(req);
+            }
+        }
         let deadline = match self.timeout {
-            Some(t) => Some((Deadline::after(t).apply(req), t)),
+            Some(t) => {
+                let d = Deadline::after(t).apply(req);
+                Some((d, t.min(d.remaining())))
+            }
             None => Deadline::of(req).map(|d| (d, d.remaining())),
         };
         let sleep = deadline.map(|(d, _)| Box::pin(tokio::time::sleep_until(d.instant().into())));

@@ -1,11 +1,14 @@
-//! One endpoint: a hyper-util pooled client whose connector always dials that endpoint.
+//! One endpoint: hyper-util pooled clients whose connector always dials that endpoint.
 
 use std::{
     fmt,
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
     task::{Context, Poll, ready},
 };
 
@@ -18,13 +21,16 @@ use hyper_util::{
     },
     rt::TokioIo,
 };
-use mesh_core::{Endpoint, Protocol, ServiceName, classify::ServedBy, tls::TlsStore};
+use mesh_core::{Protocol, ServiceName, classify::ServedBy, tls::TlsStore};
 use rustls::pki_types::ServerName;
 
 use super::tls::EndpointStream;
 use tower_service::Service;
 
-use super::{ClientSettings, RequestBody};
+use super::{
+    RequestBody,
+    dialect::{Dialect, EndpointTarget},
+};
 use crate::Error;
 
 /// The connector of one endpoint: hyper-util's `HttpConnector` (TCP_NODELAY, keepalive,
@@ -43,7 +49,7 @@ pub(crate) struct EndpointConnector {
 struct ConnectorInner {
     http: HttpConnector<GaiResolver>,
     target: Uri,
-    tls: Option<TlsTarget>,
+    tls: Option<Arc<TlsTarget>>,
 }
 
 /// How to do mTLS to one endpoint.
@@ -83,18 +89,23 @@ impl Service<Uri> for EndpointConnector {
     }
 }
 
-/// The service behind one endpoint: its own connection pool (hyper-util legacy client).
-pub struct HttpEndpoint<B> {
-    inner: Arc<Inner<B>>,
+/// The service behind one endpoint: its own connection pool (hyper-util legacy client), or
+/// several for HTTP/2 when `ClientSettings::http2_connections_per_endpoint` asks for more than
+/// one multiplexed connection (requests then take them in turn). `D` is the protocol
+/// [`Dialect`] (it may add headers to each attempt).
+pub struct HttpEndpoint<B, D> {
+    inner: Arc<Inner<B, D>>,
 }
 
-struct Inner<B> {
-    client: Client<EndpointConnector, B>,
+struct Inner<B, D> {
+    clients: Box<[Client<EndpointConnector, B>]>,
+    next: AtomicUsize,
     addr: SocketAddr,
     service: ServiceName,
+    dialect: D,
 }
 
-impl<B> Clone for HttpEndpoint<B> {
+impl<B, D> Clone for HttpEndpoint<B, D> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -102,74 +113,92 @@ impl<B> Clone for HttpEndpoint<B> {
     }
 }
 
-impl<B> HttpEndpoint<B>
+impl<B, D> HttpEndpoint<B, D>
 where
     B: RequestBody,
 {
-    pub(crate) fn new(
-        service: ServiceName,
-        endpoint: &Endpoint,
-        protocol: Protocol,
-        settings: &ClientSettings,
-        tls: Option<TlsTarget>,
-    ) -> Self {
+    pub(crate) fn new(target: &EndpointTarget, dialect: D) -> Self {
+        let settings = &target.settings;
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.set_keepalive(settings.tcp_keepalive);
-        let target = Uri::builder()
+        let uri = Uri::builder()
             .scheme("http")
-            .authority(endpoint.addr.to_string())
+            .authority(target.endpoint.addr.to_string())
             .path_and_query("/")
             .build()
             .expect("a socket address is a valid authority");
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_timer(hyper_util::rt::TokioTimer::new())
-                .pool_idle_timeout(settings.pool_idle_timeout)
-                .pool_max_idle_per_host(settings.pool_max_idle_per_endpoint)
-                .http2_only(protocol == Protocol::Http2)
-                .build(EndpointConnector {
-                    inner: Arc::new(ConnectorInner { http, target, tls }),
-                });
+        let connector = EndpointConnector {
+            inner: Arc::new(ConnectorInner {
+                http,
+                target: uri,
+                tls: target.tls.clone(),
+            }),
+        };
+        let http2 = target.protocol == Protocol::Http2;
+        let count = if http2 {
+            settings.http2_connections_per_endpoint.max(1)
+        } else {
+            1
+        };
+        let clients = (0..count)
+            .map(|_| {
+                Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_timer(hyper_util::rt::TokioTimer::new())
+                    .pool_idle_timeout(settings.pool_idle_timeout)
+                    .pool_max_idle_per_host(settings.pool_max_idle_per_endpoint)
+                    .http2_only(http2)
+                    .build(connector.clone())
+            })
+            .collect();
         Self {
             inner: Arc::new(Inner {
-                client,
-                addr: endpoint.addr,
-                service,
+                clients,
+                next: AtomicUsize::new(0),
+                addr: target.endpoint.addr,
+                service: target.service.clone(),
+                dialect,
             }),
         }
     }
 }
 
-impl<B> Service<Request<B>> for HttpEndpoint<B>
+impl<B, D> Service<Request<B>> for HttpEndpoint<B, D>
 where
     B: RequestBody,
+    D: Dialect,
 {
     type Response = Response<Incoming>;
     type Error = Error;
-    type Future = EndpointFuture<B>;
+    type Future = EndpointFuture<B, D>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // hyper-util's client is always ready: it pools or connects per request.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let inner = &self.inner;
+        inner.dialect.before_send(&mut req);
+        let client = match inner.clients.len() {
+            1 => &inner.clients[0],
+            n => &inner.clients[inner.next.fetch_add(1, Relaxed) % n],
+        };
         EndpointFuture {
-            fut: self.inner.client.request(req),
+            fut: client.request(req),
             endpoint: self.inner.clone(),
         }
     }
 }
 
 /// Response future of [`HttpEndpoint`].
-pub struct EndpointFuture<B> {
+pub struct EndpointFuture<B, D> {
     fut: HyperFuture,
-    endpoint: Arc<Inner<B>>,
+    endpoint: Arc<Inner<B, D>>,
 }
 
-impl<B> Future for EndpointFuture<B> {
+impl<B, D: Dialect> Future for EndpointFuture<B, D> {
     type Output = Result<Response<Incoming>, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -177,7 +206,7 @@ impl<B> Future for EndpointFuture<B> {
         let addr = self.endpoint.addr;
         Poll::Ready(
             res.map(|mut rsp| {
-                if rsp.status().is_server_error() {
+                if self.endpoint.dialect.marks_endpoint(&rsp) {
                     // Failed answers say who gave them, so that a retry can go elsewhere.
                     rsp.extensions_mut().insert(ServedBy(addr));
                 }
@@ -213,7 +242,7 @@ impl<B> Future for EndpointFuture<B> {
     }
 }
 
-impl<B> fmt::Debug for HttpEndpoint<B> {
+impl<B, D> fmt::Debug for HttpEndpoint<B, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpEndpoint")
             .field("service", &self.inner.service)

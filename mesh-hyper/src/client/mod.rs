@@ -44,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+mod dialect;
 mod endpoint;
 mod tls;
 
@@ -66,6 +67,7 @@ use mesh_core::{
     Balancer, Destination, Mesh, PolicyError, Protocol, ServiceName,
     balance::EndpointStats,
     breaker::{Breaker, BreakerLayer, BreakerState},
+    discover::health::{CheckKind, health_checked},
     limit::{Limit, LimitCounts, LimitLayer},
     retry::{ReplayBody, Retry, RetryCounts, RetryLayer},
     shared_service::SharedService,
@@ -80,6 +82,7 @@ use tower_service::Service;
 
 use self::endpoint::TlsTarget;
 pub use self::{
+    dialect::{Dialect, EndpointTarget},
     endpoint::{EndpointFuture, HttpEndpoint},
     tls::EndpointStream,
 };
@@ -118,6 +121,10 @@ pub struct ClientSettings {
     /// This workload's TLS identity, for mTLS to destinations whose policy asks for it
     /// (`ServiceConfig::tls`; by default, endpoints with a known identity).
     pub tls: Option<TlsStore>,
+    /// HTTP/2 connections per endpoint, each multiplexing many requests. Default 1 (what
+    /// gRPC clients and Linkerd do); more spreads one endpoint's load over several TCP streams
+    /// and server threads when a single connection's flow becomes the bottleneck.
+    pub http2_connections_per_endpoint: usize,
 }
 
 impl Default for ClientSettings {
@@ -128,39 +135,55 @@ impl Default for ClientSettings {
             pool_max_idle_per_endpoint: usize::MAX,
             tcp_keepalive: Some(Duration::from_secs(60)),
             tls: None,
+            http2_connections_per_endpoint: 1,
         }
     }
 }
 
 /// The meshed HTTP client. Cheap to clone; clones share destinations, pools and load state.
-/// See the [module docs](self).
-pub struct MeshClient<B = Full<Bytes>> {
-    inner: Arc<Inner<B>>,
+/// See the [module docs](self). `D` is the protocol spoken over HTTP: plain HTTP by default,
+/// gRPC in mesh-tonic.
+pub struct MeshClient<B = Full<Bytes>, D = HttpClassifier> {
+    inner: Arc<Inner<B, D>>,
 }
 
-struct Inner<B> {
+struct Inner<B, D> {
     mesh: Mesh,
     settings: ClientSettings,
+    dialect: D,
     /// Destinations by the authority string requests use (one service may have several
     /// spellings; they share one `Dest`). Read on every request without locking.
-    by_authority: ArcSwap<HashMap<Box<str>, Arc<Dest<B>>>>,
+    by_authority: ArcSwap<HashMap<Box<str>, Arc<Dest<B, D>>>>,
     /// Destinations by normalized name; also serializes creation.
-    by_name: Mutex<HashMap<ServiceName, Arc<Dest<B>>>>,
+    by_name: Mutex<HashMap<ServiceName, Arc<Dest<B, D>>>>,
 }
 
-type Balanced<B> = Balancer<HttpEndpoint<ReplayBody<B>>, HttpClassifier>;
+type Balanced<B, D> = Balancer<HttpEndpoint<ReplayBody<B>, D>, D>;
 
 /// The whole per-destination stack (see the module docs for the order).
-type Stack<B> = Timeout<Retry<Breaker<Limit<Balanced<B>>, HttpClassifier>, HttpClassifier>>;
+type Stack<B, D> = Timeout<Retry<Breaker<Limit<Balanced<B, D>>, D>, D>>;
 
 /// The stack of one destination service, and handles on its parts for statistics.
-struct Dest<B> {
+struct Dest<B, D> {
     name: ServiceName,
-    stack: Stack<B>,
-    balancer: Balanced<B>,
-    retry: RetryLayer<HttpClassifier>,
-    limit: Limit<Balanced<B>>,
-    breaker: Option<BreakerLayer<HttpClassifier>>,
+    stack: Stack<B, D>,
+    balancer: Balanced<B, D>,
+    retry: RetryLayer<D>,
+    limit: Limit<Balanced<B, D>>,
+    breaker: Option<BreakerLayer<D>>,
+}
+
+impl<B: RequestBody, D: Dialect> Dest<B, D> {
+    fn stats(&self) -> DestinationStats {
+        DestinationStats {
+            service: self.name.clone(),
+            retries: self.retry.stats(),
+            retry_budget: self.retry.budget_available(),
+            limits: self.limit.counts(),
+            breaker: self.breaker.as_ref().map(BreakerLayer::state),
+            endpoints: self.balancer.endpoints(),
+        }
+    }
 }
 
 /// What a client knows about one destination: counters and endpoint states.
@@ -180,7 +203,7 @@ pub struct DestinationStats {
     pub endpoints: Vec<EndpointStats>,
 }
 
-impl<B> Clone for MeshClient<B> {
+impl<B, D> Clone for MeshClient<B, D> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -188,7 +211,7 @@ impl<B> Clone for MeshClient<B> {
     }
 }
 
-impl<B> MeshClient<B>
+impl<B> MeshClient<B, HttpClassifier>
 where
     B: RequestBody,
 {
@@ -199,18 +222,46 @@ where
 
     /// A client over `mesh` with the given connection settings.
     pub fn with_settings(mesh: Mesh, settings: ClientSettings) -> Self {
+        Self::with_dialect(mesh, settings, HttpClassifier)
+    }
+}
+
+impl<B, D> MeshClient<B, D>
+where
+    B: RequestBody,
+    D: Dialect,
+{
+    /// A client over `mesh` speaking `dialect` over HTTP (mesh-tonic's gRPC channel is one).
+    pub fn with_dialect(mesh: Mesh, settings: ClientSettings, dialect: D) -> Self {
         Self {
             inner: Arc::new(Inner {
                 mesh,
                 settings,
+                dialect,
                 by_authority: ArcSwap::from_pointee(HashMap::new()),
                 by_name: Mutex::new(HashMap::new()),
             }),
         }
     }
 
+    /// A handle on one destination service: requests sent through it skip routing by
+    /// authority, and may be in origin form (`/path`): the target's authority is filled in.
+    /// Builds the destination's stack now if the client has not sent to it before.
+    pub fn target(&self, authority: &str) -> Result<Target<B, D>, Error> {
+        let uri_authority: http::uri::Authority =
+            authority.parse().map_err(|_| Error::MissingAuthority)?;
+        let dest = match self.inner.by_authority.load().get(authority) {
+            Some(d) => d.clone(),
+            None => self.destination(authority)?,
+        };
+        Ok(Target {
+            dest,
+            authority: uri_authority,
+        })
+    }
+
     /// Sends a request (the same call as hyper-util's `Client::request`).
-    pub fn request(&self, mut req: Request<B>) -> ResponseFuture<B> {
+    pub fn request(&self, mut req: Request<B>) -> ResponseFuture<B, D> {
         if let Err(e) = prepare(&mut req) {
             tracing::debug!(error = %e, "request not routable");
             return ResponseFuture::failed(e);
@@ -233,7 +284,7 @@ where
         }
     }
 
-    fn route(dest: &Dest<B>, req: Request<B>) -> ResponseFuture<B> {
+    fn route(dest: &Dest<B, D>, req: Request<B>) -> ResponseFuture<B, D> {
         let span = tracing::debug_span!("mesh", service = %dest.name,
             endpoint = tracing::field::Empty, attempt = 1u32);
         if span.is_disabled() {
@@ -256,18 +307,11 @@ where
     /// Counters and endpoint states of a service, if the client has sent to it.
     pub fn stats(&self, service: &ServiceName) -> Option<DestinationStats> {
         let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        by_name.get(service).map(|d| DestinationStats {
-            service: d.name.clone(),
-            retries: d.retry.stats(),
-            retry_budget: d.retry.budget_available(),
-            limits: d.limit.counts(),
-            breaker: d.breaker.as_ref().map(BreakerLayer::state),
-            endpoints: d.balancer.endpoints(),
-        })
+        by_name.get(service).map(|d| d.stats())
     }
 
     /// Finds or builds the destination of an authority not seen before.
-    fn destination(&self, authority: &str) -> Result<Arc<Dest<B>>, Error> {
+    fn destination(&self, authority: &str) -> Result<Arc<Dest<B, D>>, Error> {
         let name =
             ServiceName::from_authority(authority, 80).map_err(|e| Error::Resolve(e.into()))?;
         let mut by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
@@ -286,12 +330,13 @@ where
     }
 
     /// Builds the stack of one destination, bottom to top (see the module docs).
-    fn stack(&self, dest: Destination) -> Result<Dest<B>, Error> {
+    fn stack(&self, dest: Destination) -> Result<Dest<B, D>, Error> {
         let Destination {
             name,
             config,
-            subscription,
+            mut subscription,
         } = dest;
+        let dialect = self.inner.dialect.clone();
         tracing::debug!(service = %name, policy = ?config.balance.policy,
             protocol = ?config.protocol, "new destination");
         let policy_error = |error| Error::Policy {
@@ -299,31 +344,55 @@ where
             error,
         };
         let settings = self.inner.settings.clone();
-        let protocol = config.protocol;
+        let protocol = dialect.protocol(config.protocol);
         if config.tls.mode == ClientTlsMode::Mutual && settings.tls.is_none() {
             return Err(policy_error(PolicyError::new(
                 "tls.mode",
                 "MUTUAL needs a TLS identity: set ClientSettings::tls",
             )));
         }
-        let svc = name.clone();
-        let tls_policy = config.tls.clone();
+        let targets = Arc::new(Targets {
+            service: name.clone(),
+            protocol,
+            tls_policy: config.tls.clone(),
+            settings,
+        });
+        if let Some(policy) = &config.health_check {
+            let kind = policy.kind();
+            if !dialect.supports_health_check(&kind) {
+                let field = match kind {
+                    CheckKind::Grpc(_) => "healthCheck.grpc",
+                    CheckKind::Http(_) => "healthCheck.http",
+                };
+                return Err(policy_error(PolicyError::new(
+                    field,
+                    "this kind of health check needs another client (gRPC checks: mesh-tonic's channel)",
+                )));
+            }
+            let (targets, dialect) = (targets.clone(), dialect.clone());
+            subscription = health_checked(
+                name.clone(),
+                subscription,
+                policy.clone(),
+                move |ep: &mesh_core::Endpoint| dialect.health_probe(&kind, &targets.target(ep)),
+            );
+        }
+        let endpoint_dialect = dialect.clone();
         let balancer = Balancer::with_classifier(
             name.clone(),
             subscription,
             config.balance,
             move |ep: &mesh_core::Endpoint| {
-                let tls = tls_target(&svc, ep, protocol, &tls_policy, settings.tls.as_ref());
-                HttpEndpoint::new(svc.clone(), ep, protocol, &settings, tls)
+                HttpEndpoint::new(&targets.target(ep), endpoint_dialect.clone())
             },
-            HttpClassifier,
+            dialect.clone(),
         );
         let limit = LimitLayer::new(name.clone(), &config.limits)
             .map_err(policy_error)?
             .layer(balancer.clone());
         let breaker_layer = match &config.breaker {
             Some(p) => {
-                Some(BreakerLayer::new(name.clone(), p, HttpClassifier).map_err(policy_error)?)
+                Some(BreakerLayer::new(name.clone(), p, dialect.clone()).map_err(policy_error)?)
             }
             None => None,
         };
@@ -331,8 +400,7 @@ where
             Some(l) => l.layer(limit.clone()),
             None => Breaker::disabled(limit.clone()),
         };
-        let retry =
-            RetryLayer::new(name.clone(), config.retries, HttpClassifier).map_err(policy_error)?;
+        let retry = RetryLayer::new(name.clone(), config.retries, dialect).map_err(policy_error)?;
         let stack = TimeoutLayer::new(name.clone(), config.timeout).layer(retry.layer(breaker));
         Ok(Dest {
             name,
@@ -345,13 +413,14 @@ where
     }
 }
 
-impl<B> Service<Request<B>> for MeshClient<B>
+impl<B, D> Service<Request<B>> for MeshClient<B, D>
 where
     B: RequestBody,
+    D: Dialect,
 {
     type Response = Response<Incoming>;
     type Error = Error;
-    type Future = ResponseFuture<B>;
+    type Future = ResponseFuture<B, D>;
 
     /// Always ready: the client routes; each destination's balancer fails fast or waits per
     /// request (see `mesh_core::balance`).
@@ -364,12 +433,96 @@ where
     }
 }
 
-impl<B> fmt::Debug for MeshClient<B> {
+impl<B, D> fmt::Debug for MeshClient<B, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MeshClient")
             .field("mesh", &self.inner.mesh)
             .field("settings", &self.inner.settings)
             .finish_non_exhaustive()
+    }
+}
+
+/// A handle on one destination of a [`MeshClient`] (see [`MeshClient::target`]). Cheap to clone.
+pub struct Target<B, D = HttpClassifier> {
+    dest: Arc<Dest<B, D>>,
+    authority: http::uri::Authority,
+}
+
+impl<B, D> Clone for Target<B, D> {
+    fn clone(&self) -> Self {
+        Self {
+            dest: self.dest.clone(),
+            authority: self.authority.clone(),
+        }
+    }
+}
+
+impl<B, D> Target<B, D>
+where
+    B: RequestBody,
+    D: Dialect,
+{
+    /// The service.
+    pub fn service(&self) -> &ServiceName {
+        &self.dest.name
+    }
+
+    /// Sends a request to this destination. A request in origin form (`/path`) gets the
+    /// target's authority; an absolute URI is sent as it is (its authority is not routed by).
+    pub fn request(&self, mut req: Request<B>) -> ResponseFuture<B, D> {
+        if req.uri().authority().is_none() {
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(self.authority.clone());
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            match Uri::from_parts(parts) {
+                Ok(uri) => *req.uri_mut() = uri,
+                Err(_) => return ResponseFuture::failed(Error::MissingAuthority),
+            }
+        }
+        MeshClient::route(&self.dest, req)
+    }
+
+    /// Counters and endpoint states of this destination.
+    pub fn stats(&self) -> DestinationStats {
+        self.dest.stats()
+    }
+}
+
+impl<B, D> fmt::Debug for Target<B, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("service", &self.dest.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every endpoint of one destination is reached with.
+struct Targets {
+    service: ServiceName,
+    protocol: Protocol,
+    tls_policy: ClientTlsPolicy,
+    settings: ClientSettings,
+}
+
+impl Targets {
+    fn target(&self, endpoint: &mesh_core::Endpoint) -> EndpointTarget {
+        EndpointTarget {
+            service: self.service.clone(),
+            endpoint: endpoint.clone(),
+            protocol: self.protocol,
+            tls: tls_target(
+                &self.service,
+                endpoint,
+                self.protocol,
+                &self.tls_policy,
+                self.settings.tls.as_ref(),
+            )
+            .map(Arc::new),
+            settings: self.settings.clone(),
+        }
     }
 }
 
@@ -420,32 +573,28 @@ fn tls_target(
     })
 }
 
-type StackFuture<B> = timeout::ResponseFuture<
-    mesh_core::retry::ResponseFuture<
-        Breaker<Limit<Balanced<B>>, HttpClassifier>,
-        B,
-        HttpClassifier,
-    >,
+type StackFuture<B, D> = timeout::ResponseFuture<
+    mesh_core::retry::ResponseFuture<Breaker<Limit<Balanced<B, D>>, D>, B, D>,
 >;
 
 pin_project! {
     /// Response future of [`MeshClient`].
-    pub struct ResponseFuture<B: RequestBody> {
+    pub struct ResponseFuture<B: RequestBody, D: Dialect> {
         #[pin]
-        state: State<B>,
+        state: State<B, D>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<B: RequestBody> {
-        Routed { #[pin] fut: StackFuture<B>, span: Option<tracing::Span> },
+    enum State<B: RequestBody, D: Dialect> {
+        Routed { #[pin] fut: StackFuture<B, D>, span: Option<tracing::Span> },
         Failed { error: Option<Error> },
     }
 }
 
-impl<B: RequestBody> ResponseFuture<B> {
-    fn routed(fut: StackFuture<B>, span: Option<tracing::Span>) -> Self {
+impl<B: RequestBody, D: Dialect> ResponseFuture<B, D> {
+    fn routed(fut: StackFuture<B, D>, span: Option<tracing::Span>) -> Self {
         Self {
             state: State::Routed { fut, span },
         }
@@ -458,7 +607,7 @@ impl<B: RequestBody> ResponseFuture<B> {
     }
 }
 
-impl<B: RequestBody> Future for ResponseFuture<B> {
+impl<B: RequestBody, D: Dialect> Future for ResponseFuture<B, D> {
     type Output = Result<Response<Incoming>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -1,4 +1,4 @@
-//! Authorization of incoming requests (403 on denial).
+//! Authorization of incoming requests (403, or gRPC `PERMISSION_DENIED`, on denial).
 
 use std::{
     future::{Ready, ready},
@@ -17,7 +17,7 @@ use tower_service::Service;
 /// Decides every request with an [`Authorizer`] (Istio `AuthorizationPolicy` semantics) from
 /// the caller's [`PeerIdentity`] (set by the acceptor), the method and the path. A denied request
 /// gets `403 Forbidden` and never reaches the application; the decision and the rule that made it
-/// are a `debug` event.
+/// are an `info` event. gRPC callers get `PERMISSION_DENIED` instead of `403`.
 #[derive(Clone)]
 pub struct AuthzLayer {
     authorizer: Arc<Authorizer>,
@@ -82,10 +82,18 @@ where
             return Either::Left(self.inner.call(req));
         }
         self.layer.denied.fetch_add(1, Relaxed);
+        let grpc = super::local_reply::is_grpc(req.headers());
         tracing::info!(principal = ?principal.map(|p| p.as_str()), method = %req.method(),
-            path = req.uri().path(), rule = %decision.by, "request denied: 403");
-        let mut rsp = http::Response::new(ResB::default());
-        *rsp.status_mut() = http::StatusCode::FORBIDDEN;
+            path = req.uri().path(), rule = %decision.by, grpc, "request denied");
+        let message = match principal {
+            Some(p) => format!("{p} may not call {} ({})", req.uri().path(), decision.by),
+            None => format!(
+                "anonymous caller may not call {} ({})",
+                req.uri().path(),
+                decision.by
+            ),
+        };
+        let rsp = super::local_reply::local_reply(grpc, http::StatusCode::FORBIDDEN, 7, &message);
         Either::Right(ready(Ok(rsp)))
     }
 }

@@ -6,6 +6,11 @@
 //! - [`AuthzLayer`]: Istio-style authorization policies, `403` on denial;
 //! - [`RateLimitLayer`]: per-route and per-caller rate limits, `429` with `Retry-After`.
 //!
+//! The local replies speak the caller's protocol: to a gRPC request (`content-type:
+//! application/grpc...`) a denial is an HTTP 200 trailers-only response with `grpc-status: 7`
+//! (`PERMISSION_DENIED`) and a rate-limited call gets `grpc-status: 8` (`RESOURCE_EXHAUSTED`),
+//! as Envoy's filters answer gRPC callers; both carry a `grpc-message` saying why.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use mesh_core::{authz::Authorizer, tls::{ServerTlsMode, TlsFiles, TlsSettings, TlsStore}};
@@ -27,6 +32,7 @@
 
 mod accept;
 mod authz;
+mod local_reply;
 mod rate_limit;
 mod serve;
 

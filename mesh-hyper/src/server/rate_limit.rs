@@ -52,8 +52,8 @@ struct Shared {
     rejected: AtomicU64,
 }
 
-/// Rejects requests over their route's (and caller's) rate with `429 Too Many Requests` and a
-/// `Retry-After` header, before they reach the application. The first rule whose prefix matches
+/// Rejects requests over their route's (and caller's) rate with `429 Too Many Requests` (gRPC:
+/// `RESOURCE_EXHAUSTED`) and a `Retry-After` header, before they reach the application. The first rule whose prefix matches
 /// decides; requests no rule matches pass. Checks never block (governor's GCRA); per-caller
 /// buckets of callers gone quiet are pruned as the limiter goes.
 ///
@@ -175,8 +175,18 @@ where
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 tracing::debug!(path = %req.uri().path(), rule = %rule.prefix, caller = %key,
                     retry_after = secs.max(1), "request rate-limited: 429");
-                let mut rsp = http::Response::new(ResB::default());
-                *rsp.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+                let grpc = super::local_reply::is_grpc(req.headers());
+                let message = format!(
+                    "rate limit of {} reached; retry after {}s",
+                    rule.prefix,
+                    secs.max(1)
+                );
+                let mut rsp = super::local_reply::local_reply(
+                    grpc,
+                    http::StatusCode::TOO_MANY_REQUESTS,
+                    8,
+                    &message,
+                );
                 rsp.headers_mut().insert(
                     http::header::RETRY_AFTER,
                     http::HeaderValue::from(secs.max(1)),

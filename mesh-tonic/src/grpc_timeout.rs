@@ -1,0 +1,81 @@
+//! The `grpc-timeout` header: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`), per
+//! gRPC over HTTP/2.
+//!
+//! ```
+//! use std::time::Duration;
+//! use mesh_tonic::grpc_timeout::{decode, encode};
+//!
+//! assert_eq!(encode(Duration::from_millis(250)), "250000u");
+//! assert_eq!(decode("250m"), Some(Duration::from_millis(250)));
+//! assert_eq!(decode(encode(Duration::from_secs(3600)).as_str()), Some(Duration::from_secs(3600)));
+//! assert_eq!(decode("123456789S"), None); // 9 digits
+//! ```
+
+use std::time::Duration;
+
+/// The header's name.
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+const MAX_VALUE: u128 = 99_999_999;
+
+/// The header value for `timeout`: the finest unit whose value fits in 8 digits, rounded up to
+/// a whole unit (an error of at most one part in ten million).
+pub fn encode(timeout: Duration) -> String {
+    let nanos = timeout.as_nanos();
+    let units: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    for (per, unit) in units {
+        let value = nanos.div_ceil(per);
+        if value <= MAX_VALUE {
+            return format!("{value}{unit}");
+        }
+    }
+    format!("{MAX_VALUE}H")
+}
+
+/// The duration a header value stands for, or `None` when it is malformed.
+pub fn decode(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_finest_unit_that_fits() {
+        assert_eq!(encode(Duration::from_nanos(5)), "5n");
+        assert_eq!(encode(Duration::from_millis(100)), "100000u");
+        assert_eq!(encode(Duration::from_millis(99)), "99000000n");
+        assert_eq!(encode(Duration::from_secs(1)), "1000000u");
+        assert_eq!(encode(Duration::ZERO), "0n");
+        assert_eq!(encode(Duration::from_secs(u64::MAX)), "99999999H");
+    }
+
+    #[test]
+    fn rejects_malformed_values() {
+        for bad in ["", "m", "10", "10x", "-1S", "1.5S", "123456789n"] {
+            assert_eq!(decode(bad), None, "{bad}");
+        }
+        assert_eq!(decode("1H"), Some(Duration::from_secs(3600)));
+    }
+}

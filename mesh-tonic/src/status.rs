@@ -1,0 +1,141 @@
+//! gRPC statuses: reading them off responses, naming codes, and turning mesh errors into
+//! [`tonic::Status`].
+//!
+//! | mesh error | gRPC code |
+//! |---|---|
+//! | no endpoints, unknown service, connect failure, identity mismatch, circuit open, connection lost | `UNAVAILABLE` |
+//! | shed (overloaded) or rate limited | `RESOURCE_EXHAUSTED` |
+//! | timeout (request deadline or attempt) | `DEADLINE_EXCEEDED` |
+//! | invalid policy | `FAILED_PRECONDITION` |
+//! | request without a routable authority | `INTERNAL` |
+//!
+//! Authorization denials come from the server as `PERMISSION_DENIED` (see
+//! [`server`](crate::server)). Every message names the service and the reason.
+//!
+//! ```
+//! use mesh_tonic::status::{code_from_name, grpc_status_of};
+//!
+//! assert_eq!(code_from_name("UNAVAILABLE"), Some(14));
+//! assert_eq!(code_from_name("deadline_exceeded"), Some(4));
+//! let rsp = http::Response::builder().header("grpc-status", "14").body(()).unwrap();
+//! assert_eq!(grpc_status_of(rsp.headers()), Some(14));
+//! ```
+
+use http::HeaderMap;
+use mesh_hyper::Error;
+use tonic::{Code, Status};
+
+/// gRPC code names, by code (0 to 16), as the service config and `grpc-status` docs spell them.
+pub const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The code a name stands for (case-insensitive, `-` or `_`), e.g. `UNAVAILABLE` → 14.
+pub fn code_from_name(name: &str) -> Option<u16> {
+    let norm = name.trim().replace('-', "_");
+    CODE_NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(&norm))
+        .map(|i| i as u16)
+}
+
+/// The name of a code (`14` → `UNAVAILABLE`).
+pub fn code_name(code: u16) -> &'static str {
+    CODE_NAMES
+        .get(usize::from(code))
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
+/// The `grpc-status` in a header map (response headers of a trailers-only response, or
+/// trailers), if present and valid. An unparsable value reads as `UNKNOWN` (2).
+pub fn grpc_status_of(headers: &HeaderMap) -> Option<u16> {
+    let v = headers.get("grpc-status")?;
+    Some(
+        v.to_str()
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+            .filter(|c| *c <= 16)
+            .unwrap_or(2),
+    )
+}
+
+/// The gRPC code a non-200 HTTP status stands for, per gRPC's "HTTP to gRPC Status Code
+/// Mapping" (for responses from something that is not a gRPC server, such as a proxy).
+pub fn code_from_http(status: http::StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// The [`Status`] a mesh error stands for (see the [module docs](self)). The error stays
+/// reachable as the status's source.
+pub fn to_status(error: Error) -> Status {
+    let code = match &error {
+        Error::NoEndpoints(_)
+        | Error::Resolve(_)
+        | Error::Connect { .. }
+        | Error::IdentityMismatch { .. }
+        | Error::CircuitOpen(_)
+        | Error::Request { .. } => Code::Unavailable,
+        Error::Overloaded(_) | Error::RateLimited(_) => Code::ResourceExhausted,
+        Error::TimedOut(_) => Code::DeadlineExceeded,
+        Error::Policy { .. } => Code::FailedPrecondition,
+        Error::MissingAuthority | Error::UnsupportedScheme(_) => Code::Internal,
+    };
+    let mut status = Status::new(code, error.to_string());
+    status.set_source(std::sync::Arc::new(error));
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_codes_round_trip() {
+        for code in 0..=16u16 {
+            assert_eq!(code_from_name(code_name(code)), Some(code));
+        }
+        assert_eq!(code_from_name("resource-exhausted"), Some(8));
+        assert_eq!(code_from_name("NOPE"), None);
+    }
+
+    #[test]
+    fn http_statuses_map_as_grpc_specifies() {
+        assert_eq!(code_from_http(http::StatusCode::SERVICE_UNAVAILABLE), 14);
+        assert_eq!(code_from_http(http::StatusCode::FORBIDDEN), 7);
+        assert_eq!(code_from_http(http::StatusCode::IM_A_TEAPOT), 2);
+    }
+
+    #[test]
+    fn bad_grpc_status_values_read_as_unknown() {
+        let mut h = HeaderMap::new();
+        assert_eq!(grpc_status_of(&h), None);
+        h.insert("grpc-status", "99".parse().unwrap());
+        assert_eq!(grpc_status_of(&h), Some(2));
+        h.insert("grpc-status", "0".parse().unwrap());
+        assert_eq!(grpc_status_of(&h), Some(0));
+    }
+}
