@@ -23,12 +23,17 @@
 //!   mesh), `mesh-mtls` (the mesh client's full stack with mTLS to a mesh server: STRICT
 //!   acceptor + authorization), `haproxy-2hop-mtls` (client sidecar → mTLS → server sidecar, the
 //!   Istio shape), at concurrency 1 and 32; extra column `handshakes_per_1k`.
+//! - `grpc`: unary calls with small messages to three tonic servers: `raw-tonic` (tonic's
+//!   `Channel` to one of them), `tonic-balance` (tonic's `Channel::balance_list` over the
+//!   three), `mesh` (the mesh channel over the same three, full default stack), at
+//!   concurrency 1 and 32.
 //!
 //! The backend, the load generator and the client share one tokio runtime with one worker per
 //! core; their CPU is in every variant alike (it dilutes ratios: say so next to them). HAProxy is
 //! a separate process whose CPU is added to `cpu_us_per_req`.
 
 mod backend;
+mod grpc;
 mod load;
 mod report;
 mod scenarios;
@@ -61,7 +66,7 @@ pub struct Opts {
     concurrency: Vec<usize>,
 }
 
-const USAGE: &str = "usage: bench <overhead|lb|faults|mtls> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...] [--concurrency N,...]";
+const USAGE: &str = "usage: bench <overhead|lb|faults|mtls|grpc> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...] [--concurrency N,...]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
@@ -185,6 +190,16 @@ async fn main_async(opts: Opts) -> Result<bool, String> {
                 rows,
                 checks,
                 "TLS 1.3, ECDSA P-256; raw-tls and mesh-mtls servers in process; the HAProxy sidecars' CPU is added to their rows",
+            )
+        }
+        "grpc" => {
+            let s = grpc::Grpc::new().await;
+            let rows = rounds(&opts, &s.variants, &[1, 32]).await;
+            let checks = grpc::Grpc::checks(&rows);
+            (
+                rows,
+                checks,
+                "three tonic servers, client and load generator share one process and runtime; raw-tonic sends to one server, the others balance over three",
             )
         }
         "lb" => {

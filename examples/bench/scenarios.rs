@@ -52,14 +52,14 @@ fn mesh_client_with(
     MeshClient::new(mesh)
 }
 
-fn no_external() -> Duration {
+pub(crate) fn no_external() -> Duration {
     Duration::ZERO
 }
 
 /// A variant whose target (client, pools, connections) is built afresh for every run, so that
 /// rounds are independent samples: connection tasks land on runtime workers anew each time,
 /// instead of one lucky or unlucky placement repeating in every round.
-fn per_run<T: Target>(
+pub(crate) fn per_run<T: Target>(
     name: &str,
     make: impl Fn() -> T + 'static,
     external: Arc<dyn Fn() -> Duration + Send + Sync>,

@@ -139,13 +139,19 @@ pub trait Classify<T, E> {
     }
 }
 
-type Report = Box<dyn FnOnce(Option<ResponseClass>) + Send>;
+/// Receives the final class of a response whose outcome was deferred (see [`LateOutcome`]).
+pub trait Report: Send + Sync + 'static {
+    /// The final class, or `None` when the response was abandoned before its end. Called at
+    /// most once.
+    fn report(&self, class: Option<ResponseClass>);
+}
 
 /// The outcome of a response, reported when its body ends: a balancer hands one to the
 /// protocol crate (in the response's extensions) for responses whose class the head does not
 /// decide, and the protocol crate calls [`report`](LateOutcome::report) once the status is
 /// known (trailers). Only the first report counts, whichever clone makes it. When the last clone
 /// is dropped unreported (the caller gave up reading the body), the report runs with `None`.
+/// One allocation per outcome.
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
@@ -160,37 +166,57 @@ type Report = Box<dyn FnOnce(Option<ResponseClass>) + Send>;
 /// assert_eq!(*seen.lock().unwrap(), vec![Some(ResponseClass::Failure(FailureKind::Grpc(14)))]);
 /// ```
 #[derive(Clone)]
-pub struct LateOutcome(std::sync::Arc<LateInner>);
+pub struct LateOutcome(std::sync::Arc<Once<dyn Report>>);
 
-struct LateInner(std::sync::Mutex<Option<Report>>);
+/// A report made at most once.
+struct Once<R: Report + ?Sized> {
+    done: std::sync::atomic::AtomicBool,
+    report: R,
+}
+
+impl<R: Report + ?Sized> Once<R> {
+    fn fire(&self, class: Option<ResponseClass>) {
+        if !self.done.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.report.report(class);
+        }
+    }
+}
+
+impl<R: Report + ?Sized> Drop for Once<R> {
+    fn drop(&mut self) {
+        self.fire(None);
+    }
+}
+
+/// A [`Report`] made of a closure.
+struct FnReport<F>(std::sync::Mutex<Option<F>>);
+
+impl<F: FnOnce(Option<ResponseClass>) + Send + 'static> Report for FnReport<F> {
+    fn report(&self, class: Option<ResponseClass>) {
+        let f = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = f {
+            f(class);
+        }
+    }
+}
 
 impl LateOutcome {
     /// An outcome that runs `report` once: with the final class, or `None` if abandoned.
     pub fn new(report: impl FnOnce(Option<ResponseClass>) + Send + 'static) -> Self {
-        Self(std::sync::Arc::new(LateInner(std::sync::Mutex::new(Some(
-            Box::new(report),
-        )))))
+        Self::from_report(FnReport(std::sync::Mutex::new(Some(report))))
+    }
+
+    /// An outcome delivered to `report`.
+    pub fn from_report(report: impl Report) -> Self {
+        Self(std::sync::Arc::new(Once {
+            done: std::sync::atomic::AtomicBool::new(false),
+            report,
+        }))
     }
 
     /// Reports the final class (only the first report counts).
     pub fn report(&self, class: ResponseClass) {
-        if let Some(report) = self.0.take() {
-            report(Some(class));
-        }
-    }
-}
-
-impl LateInner {
-    fn take(&self) -> Option<Report> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
-impl Drop for LateInner {
-    fn drop(&mut self) {
-        if let Some(report) = self.take() {
-            report(None);
-        }
+        self.0.fire(Some(class));
     }
 }
 

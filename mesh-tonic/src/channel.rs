@@ -146,7 +146,7 @@ impl Service<Request<tonic::body::Body>> for MeshChannel {
         // The caller's own timeout (tonic writes `Request::set_timeout` as grpc-timeout).
         let caller = req
             .headers()
-            .get(grpc_timeout::GRPC_TIMEOUT)
+            .get(&grpc_timeout::GRPC_TIMEOUT_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(grpc_timeout::decode);
         if let Some(t) = caller {

@@ -31,7 +31,11 @@ use mesh_hyper::{
     client::{Dialect, EndpointTarget},
 };
 
-use crate::{grpc_timeout, health::GrpcProbe, status::code_from_http, status::grpc_status_of};
+use crate::{
+    grpc_timeout,
+    health::GrpcProbe,
+    status::{GRPC_STATUS, code_from_http, grpc_status_of},
+};
 
 /// The gRPC [`Dialect`] of the meshed client (see the [module docs](self)).
 #[derive(Clone, Copy, Debug, Default)]
@@ -57,7 +61,7 @@ impl Classify<Response<Incoming>, Error> for Grpc {
         rsp: &mut Response<Incoming>,
         outcome: &mut dyn FnMut() -> LateOutcome,
     ) -> bool {
-        if rsp.status() != StatusCode::OK || rsp.headers().contains_key("grpc-status") {
+        if rsp.status() != StatusCode::OK || rsp.headers().contains_key(&GRPC_STATUS) {
             return false;
         }
         rsp.extensions_mut().insert(outcome());
@@ -86,7 +90,8 @@ impl Dialect for Grpc {
         if let Some(deadline) = Deadline::of(req) {
             let value = grpc_timeout::encode(deadline.remaining());
             if let Ok(v) = HeaderValue::from_str(&value) {
-                req.headers_mut().insert(grpc_timeout::GRPC_TIMEOUT, v);
+                req.headers_mut()
+                    .insert(&grpc_timeout::GRPC_TIMEOUT_HEADER, v);
             }
         }
     }

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 /// The header's name.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// The header's name, ready for header map lookups.
+pub static GRPC_TIMEOUT_HEADER: http::HeaderName = http::HeaderName::from_static(GRPC_TIMEOUT);
 
 const MAX_VALUE: u128 = 99_999_999;
 

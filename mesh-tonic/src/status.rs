@@ -21,9 +21,14 @@
 //! assert_eq!(grpc_status_of(rsp.headers()), Some(14));
 //! ```
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use mesh_hyper::Error;
 use tonic::{Code, Status};
+
+/// The `grpc-status` header.
+pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// The `grpc-message` header.
+pub static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// gRPC code names, by code (0 to 16), as the service config and `grpc-status` docs spell them.
 pub const CODE_NAMES: [&str; 17] = [
@@ -66,7 +71,7 @@ pub fn code_name(code: u16) -> &'static str {
 /// The `grpc-status` in a header map (response headers of a trailers-only response, or
 /// trailers), if present and valid. An unparsable value reads as `UNKNOWN` (2).
 pub fn grpc_status_of(headers: &HeaderMap) -> Option<u16> {
-    let v = headers.get("grpc-status")?;
+    let v = headers.get(&GRPC_STATUS)?;
     Some(
         v.to_str()
             .ok()

@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use super::{Shared, table::Slot};
 use crate::{
-    classify::{Classify, LateOutcome, ResponseClass},
+    classify::{Classify, LateOutcome, Report, ResponseClass},
     outlier::HealthState,
 };
 
@@ -52,17 +52,10 @@ impl<S> InFlight<S> {
     /// latency now and returns the report to make later.
     fn defer(&mut self) -> LateOutcome {
         self.observe(ResponseClass::Success);
-        let (outlier, health, addr) = (
-            self.slot.outlier.clone(),
-            self.slot.health.clone(),
-            self.slot.endpoint.addr,
-        );
-        LateOutcome::new(move |class| match class {
-            Some(class) => outlier.record(addr, &health, class, Instant::now()),
-            None if health.state() == HealthState::Probing => {
-                outlier.probe_abandoned(addr, &health)
-            }
-            None => {}
+        LateOutcome::from_report(Deferred {
+            outlier: self.slot.outlier.clone(),
+            health: self.slot.health.clone(),
+            addr: self.slot.endpoint.addr,
         })
     }
 
@@ -91,6 +84,27 @@ impl<S> Drop for InFlight<S> {
             self.slot
                 .outlier
                 .probe_abandoned(self.slot.endpoint.addr, &self.slot.health);
+        }
+    }
+}
+
+/// Where a deferred outcome goes: the endpoint's health.
+struct Deferred {
+    outlier: std::sync::Arc<crate::outlier::Outlier>,
+    health: std::sync::Arc<crate::outlier::Health>,
+    addr: std::net::SocketAddr,
+}
+
+impl Report for Deferred {
+    fn report(&self, class: Option<ResponseClass>) {
+        match class {
+            Some(class) => self
+                .outlier
+                .record(self.addr, &self.health, class, Instant::now()),
+            None if self.health.state() == HealthState::Probing => {
+                self.outlier.probe_abandoned(self.addr, &self.health)
+            }
+            None => {}
         }
     }
 }

@@ -65,7 +65,7 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let timeout = req
             .headers()
-            .get(grpc_timeout::GRPC_TIMEOUT)
+            .get(&grpc_timeout::GRPC_TIMEOUT_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(grpc_timeout::decode);
         match timeout {
