@@ -153,10 +153,13 @@ struct Inner<B, D> {
     dialect: D,
     /// Destinations by the authority string requests use (one service may have several
     /// spellings; they share one `Dest`). Read on every request without locking.
-    by_authority: ArcSwap<HashMap<Box<str>, Arc<Dest<B, D>>>>,
+    by_authority: ArcSwap<ByAuthority<B, D>>,
     /// Destinations by normalized name; also serializes creation.
     by_name: Mutex<HashMap<ServiceName, Arc<Dest<B, D>>>>,
 }
+
+/// Destinations keyed by the authority spelling requests use.
+type ByAuthority<B, D> = HashMap<Box<str>, Arc<Dest<B, D>>>;
 
 type Balanced<B, D> = Balancer<HttpEndpoint<ReplayBody<B>, D>, D>;
 
