@@ -13,6 +13,7 @@
 //! | [`classify`] | success / failure kinds, for the resilience layers |
 //! | [`identity`] | SPIFFE workload identities |
 //! | [`duration`] | Istio-style durations in configuration |
+//! | [`telemetry`], [`trace_context`] | metrics, debug snapshot, W3C trace context |
 //!
 //! [mesh-hyper]: https://docs.rs/mesh-hyper
 //! [mesh-tonic]: https://docs.rs/mesh-tonic
@@ -38,8 +39,10 @@ pub mod outlier;
 mod policy_error;
 pub mod retry;
 pub mod shared_service;
+pub mod telemetry;
 pub mod timeout;
 pub mod tls;
+pub mod trace_context;
 
 pub use self::policy_error::PolicyError;
 pub use self::{

@@ -247,6 +247,22 @@ impl Mesh {
         Ok(source)
     }
 
+    /// The state of the mesh's configuration sources (endpoints files): live version,
+    /// rejections and the latest error, for the debug snapshot and metrics.
+    pub fn config_sources(&self) -> Vec<crate::telemetry::ConfigSourceSnapshot> {
+        self.inner
+            .files
+            .iter()
+            .map(|(file, _)| crate::telemetry::ConfigSourceSnapshot {
+                kind: "endpoints-file",
+                path: file.path().display().to_string(),
+                version: file.reloads() + 1,
+                rejections: file.rejections(),
+                last_error: file.last_error().map(|e| e.to_string()),
+            })
+            .collect()
+    }
+
     /// Names configured explicitly.
     pub fn configured_services(&self) -> Vec<ServiceName> {
         let mut v: Vec<_> = self.inner.services.keys().cloned().collect();

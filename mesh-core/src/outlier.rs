@@ -233,6 +233,9 @@ pub(crate) struct Health {
     ejected_until_ns: AtomicU64,
     ejections: AtomicU32,
     readmitted_at_ns: AtomicU64,
+    /// Ejections (first ones and failed probes) and re-admissions since the endpoint appeared.
+    ejections_total: AtomicU64,
+    readmissions_total: AtomicU64,
 }
 
 /// What one endpoint's health looks like from outside (debug snapshot, tests).
@@ -256,7 +259,17 @@ impl Health {
             ejected_until_ns: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             readmitted_at_ns: AtomicU64::new(0),
+            ejections_total: AtomicU64::new(0),
+            readmissions_total: AtomicU64::new(0),
         }
+    }
+
+    /// Ejections and re-admissions of this endpoint so far.
+    pub(crate) fn transitions(&self) -> (u64, u64) {
+        (
+            self.ejections_total.load(Relaxed),
+            self.readmissions_total.load(Relaxed),
+        )
     }
 
     pub(crate) fn state(&self) -> HealthState {
@@ -370,6 +383,7 @@ impl Outlier {
             {
                 self.ejected.fetch_sub(1, Relaxed);
                 health.readmitted_at_ns.store(now_ns, Relaxed);
+                health.readmissions_total.fetch_add(1, Relaxed);
                 health.window.clear();
                 self.panic_logged.store(false, Relaxed);
                 tracing::info!(service = %self.service, endpoint = %addr, "endpoint re-admitted after a successful probe");
@@ -485,6 +499,7 @@ impl Outlier {
             health.ejections.store(0, Relaxed);
         }
         let n = health.ejections.fetch_add(1, Relaxed) + 1;
+        health.ejections_total.fetch_add(1, Relaxed);
         let factor = 1u32.checked_shl(n - 1).unwrap_or(u32::MAX);
         let base = cfg
             .base_ejection_time

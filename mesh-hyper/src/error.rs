@@ -7,8 +7,24 @@ use mesh_core::{
     breaker::CircuitOpen,
     limit::{Overloaded, RateLimited},
     mesh::ResolveError,
+    telemetry::ErrorKind,
     timeout::TimedOut,
 };
+
+impl Error {
+    /// The error's label in request metrics.
+    pub fn telemetry_kind(&self) -> ErrorKind {
+        match self {
+            Self::NoEndpoints(_) => ErrorKind::NoEndpoints,
+            Self::TimedOut(_) => ErrorKind::Timeout,
+            Self::Overloaded(_) => ErrorKind::Overloaded,
+            Self::RateLimited(_) => ErrorKind::RateLimited,
+            Self::CircuitOpen(_) => ErrorKind::CircuitOpen,
+            Self::Connect { .. } | Self::IdentityMismatch { .. } => ErrorKind::Connect,
+            _ => ErrorKind::Other,
+        }
+    }
+}
 
 /// Why a meshed request failed. Every variant names the service (and the endpoint, once one was
 /// chosen), so a log line alone says where the problem is.

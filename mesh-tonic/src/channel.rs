@@ -50,10 +50,11 @@ use mesh_core::{
     Mesh, ServiceName,
     classify::{FailureKind, LateOutcome, ResponseClass},
     deadline::Deadline,
+    telemetry::{DestinationSnapshot, ErrorKind, PendingStatus, StatusKey},
 };
 use mesh_hyper::{
     ClientSettings, MeshClient,
-    client::{self, DestinationStats, Target},
+    client::{self, Target},
 };
 use pin_project_lite::pin_project;
 use tonic::Status;
@@ -94,7 +95,7 @@ impl GrpcClient {
     }
 
     /// Counters and endpoint states of a service, if a channel to it was made.
-    pub fn stats(&self, service: &ServiceName) -> Option<DestinationStats> {
+    pub fn stats(&self, service: &ServiceName) -> Option<DestinationSnapshot> {
         self.client.stats(service)
     }
 }
@@ -119,7 +120,7 @@ impl MeshChannel {
     }
 
     /// Counters and endpoint states of the service.
-    pub fn stats(&self) -> DestinationStats {
+    pub fn stats(&self) -> DestinationSnapshot {
         self.target.stats()
     }
 }
@@ -173,7 +174,12 @@ impl Future for ResponseFuture {
         Poll::Ready(match ready!(self.project().inner.poll(cx)) {
             Ok(mut rsp) => {
                 let outcome = rsp.extensions_mut().remove::<LateOutcome>();
-                Ok(rsp.map(|inner| ResponseBody { inner, outcome }))
+                let status = rsp.extensions_mut().remove::<PendingStatus>();
+                Ok(rsp.map(|inner| ResponseBody {
+                    inner,
+                    outcome,
+                    status,
+                }))
             }
             Err(e) => {
                 tracing::debug!(error = %e, "call failed");
@@ -185,11 +191,13 @@ impl Future for ResponseFuture {
 
 pin_project! {
     /// A gRPC response body, streamed as it arrives. When the trailers come, their
-    /// `grpc-status` is reported to the endpoint's outlier detection.
+    /// `grpc-status` is reported to the endpoint's outlier detection and counted in the
+    /// request metrics.
     pub struct ResponseBody {
         #[pin]
         inner: Incoming,
         outcome: Option<LateOutcome>,
+        status: Option<PendingStatus>,
     }
 }
 
@@ -203,6 +211,20 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(status) = this.status.as_ref() {
+            let key = match &frame {
+                Some(Ok(f)) => f.trailers_ref().map(|t| match grpc_status_of(t) {
+                    Some(code) => StatusKey::grpc(code),
+                    None => StatusKey::grpc(2),
+                }),
+                // A reset stream or a body ending without trailers.
+                Some(Err(_)) | None => Some(StatusKey::error(ErrorKind::Other)),
+            };
+            if let Some(key) = key {
+                status.finish(key);
+                *this.status = None;
+            }
+        }
         if let Some(outcome) = this.outcome.as_ref() {
             let class = match &frame {
                 Some(Ok(f)) => f.trailers_ref().map(|t| match grpc_status_of(t) {

@@ -25,6 +25,7 @@ use mesh_core::{
     classify::{Classify, FailureKind, LateOutcome, ResponseClass, ServedBy},
     deadline::Deadline,
     discover::health::{CheckKind, HealthProbe},
+    telemetry::StatusKey,
 };
 use mesh_hyper::{
     Error, HttpClassifier,
@@ -98,6 +99,15 @@ impl Dialect for Grpc {
 
     fn marks_endpoint(&self, rsp: &Response<Incoming>) -> bool {
         head_class(rsp).is_failure()
+    }
+
+    /// A trailers-only response or a non-200 head decide the call's code now; a normal
+    /// response's code comes in the trailers (the channel's response body counts it).
+    fn telemetry_status(&self, rsp: &Response<Incoming>) -> Option<StatusKey> {
+        if rsp.status() != StatusCode::OK {
+            return Some(StatusKey::grpc(code_from_http(rsp.status())));
+        }
+        grpc_status_of(rsp.headers()).map(StatusKey::grpc)
     }
 
     fn supports_health_check(&self, _kind: &CheckKind) -> bool {

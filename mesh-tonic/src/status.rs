@@ -31,25 +31,7 @@ pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// gRPC code names, by code (0 to 16), as the service config and `grpc-status` docs spell them.
-pub const CODE_NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+pub use mesh_core::telemetry::GRPC_CODE_NAMES as CODE_NAMES;
 
 /// The code a name stands for (case-insensitive, `-` or `_`), e.g. `UNAVAILABLE` → 14.
 pub fn code_from_name(name: &str) -> Option<u16> {

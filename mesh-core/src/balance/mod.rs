@@ -208,6 +208,10 @@ pub struct EndpointStats {
     pub probe_in: Option<Duration>,
     /// Successes and failures in the success-rate window.
     pub window: (u64, u64),
+    /// Times it was ejected (first ejections and failed probes) since it joined the set.
+    pub ejections: u64,
+    /// Times a probe re-admitted it since it joined the set.
+    pub readmissions: u64,
 }
 
 /// A load balancer over one service's endpoints. See the [module docs](self).
@@ -356,6 +360,7 @@ where
             .iter()
             .map(|s| {
                 let health = s.health.state();
+                let (ejections, readmissions) = s.health.transitions();
                 EndpointStats {
                     addr: s.endpoint.addr,
                     weight: s.endpoint.weight,
@@ -370,6 +375,8 @@ where
                         Duration::from_nanos(s.health.ejected_until_ns().saturating_sub(now))
                     }),
                     window: self.shared.outlier.window_totals(&s.health),
+                    ejections,
+                    readmissions,
                 }
             })
             .collect()

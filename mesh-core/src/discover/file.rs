@@ -68,6 +68,7 @@ struct State {
     publishers: HashMap<ServiceName, Publisher>,
     last_error: Option<DiscoveryError>,
     reloads: u64,
+    rejections: u64,
 }
 
 /// The on-disk shape of an endpoints file.
@@ -150,6 +151,11 @@ impl FileSource {
         self.inner.lock().reloads
     }
 
+    /// The number of rejected reloads (invalid content; the last good endpoints stayed).
+    pub fn rejections(&self) -> u64 {
+        self.inner.lock().rejections
+    }
+
     /// The services the file names.
     pub fn services(&self) -> Vec<ServiceName> {
         self.inner.lock().services.keys().cloned().collect()
@@ -188,6 +194,7 @@ impl Inner {
                     publisher.fail(err.clone());
                 }
                 state.last_error = Some(err.clone());
+                state.rejections += 1;
                 Err(err)
             }
         }

@@ -86,6 +86,8 @@ pub struct Snapshot {
     pub last_error: Option<DiscoveryError>,
     /// Incremented on every change of `endpoints`.
     pub version: u64,
+    /// Failures the source reported so far (each kept the last good endpoints).
+    pub errors: u64,
 }
 
 /// Where endpoints of services come from. Implemented by every discovery source.
@@ -141,6 +143,7 @@ impl Publisher {
                 snap.version += 1;
             }
             snap.last_error = Some(error);
+            snap.errors += 1;
         });
     }
 

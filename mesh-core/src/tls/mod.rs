@@ -193,6 +193,10 @@ pub struct TlsStatus {
     pub not_after: SystemTime,
     /// Successful reloads since start.
     pub reloads: u64,
+    /// Rejected reloads since start (the old material stayed).
+    pub rejected_reloads: u64,
+    /// Handshakes made with this material, completed and failed.
+    pub handshakes: HandshakeCounts,
     /// The last rejected material, if the last reload failed.
     pub last_error: Option<String>,
 }
@@ -201,4 +205,105 @@ impl fmt::Display for TlsStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (reloads {})", self.identity, self.reloads)
     }
+}
+
+/// Which end of a TLS connection this workload was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsSide {
+    /// This workload connected (mesh client).
+    Client = 0,
+    /// This workload accepted (mesh server).
+    Server = 1,
+}
+
+/// Why a TLS handshake failed: a bounded set, used as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandshakeFailure {
+    /// The peer presented no certificate (a STRICT server's plaintext-speaking or cert-less client).
+    NoCertificate = 0,
+    /// The peer's chain does not lead to our trust bundle.
+    UnknownCa,
+    /// The peer's certificate has expired or is not valid yet.
+    Expired,
+    /// The server proved another SPIFFE ID than the destination expects.
+    IdentityMismatch,
+    /// Any other certificate problem (bad signature, revoked, no SPIFFE ID, ...).
+    BadCertificate,
+    /// The peer aborted the handshake with an alert (usually: it refused our certificate).
+    PeerAlert,
+    /// A protocol error (no common version or cipher suite, bad message, ...).
+    Protocol,
+    /// The connection failed during the handshake (reset, EOF, timeout).
+    Io,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in label order.
+    pub const ALL: [HandshakeFailure; 8] = [
+        Self::NoCertificate,
+        Self::UnknownCa,
+        Self::Expired,
+        Self::IdentityMismatch,
+        Self::BadCertificate,
+        Self::PeerAlert,
+        Self::Protocol,
+        Self::Io,
+    ];
+
+    /// The label value (`unknown_ca`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoCertificate => "no_certificate",
+            Self::UnknownCa => "unknown_ca",
+            Self::Expired => "expired",
+            Self::IdentityMismatch => "identity_mismatch",
+            Self::BadCertificate => "bad_certificate",
+            Self::PeerAlert => "peer_alert",
+            Self::Protocol => "protocol",
+            Self::Io => "io",
+        }
+    }
+
+    /// Classifies the error a rustls stream returned from its handshake.
+    pub fn of(error: &std::io::Error) -> Self {
+        use rustls::{CertificateError as C, Error as E};
+        let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
+            return Self::Io;
+        };
+        match tls {
+            E::NoCertificatesPresented => Self::NoCertificate,
+            E::InvalidCertificate(C::UnknownIssuer) => Self::UnknownCa,
+            E::InvalidCertificate(C::Expired | C::NotValidYet)
+            | E::InvalidCertificate(C::ExpiredContext { .. })
+            | E::InvalidCertificate(C::NotValidYetContext { .. }) => Self::Expired,
+            E::InvalidCertificate(C::Other(other))
+                if other.0.downcast_ref::<IdentityMismatch>().is_some() =>
+            {
+                Self::IdentityMismatch
+            }
+            E::InvalidCertificate(_) => Self::BadCertificate,
+            E::AlertReceived(_) => Self::PeerAlert,
+            _ => Self::Protocol,
+        }
+    }
+}
+
+/// Handshake counters of one side.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SideCounts {
+    /// Completed handshakes.
+    pub completed: u64,
+    /// Failed handshakes by reason (reasons never seen are left out).
+    pub failed: Vec<(HandshakeFailure, u64)>,
+}
+
+/// Handshake counters of a [`TlsStore`], per side.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HandshakeCounts {
+    /// As a client.
+    pub client: SideCounts,
+    /// As a server.
+    pub server: SideCounts,
 }

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use notify::RecommendedWatcher;
 use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion, crypto::CryptoProvider};
 
+use super::{HandshakeCounts, HandshakeFailure, SideCounts, TlsSide};
 use super::{
     TlsError, TlsFiles, TlsSettings, TlsStatus, TlsVersion,
     material::{self, Material},
@@ -33,7 +34,11 @@ pub(crate) struct Inner {
     versions: &'static [&'static SupportedProtocolVersion],
     last_error: Mutex<Option<TlsError>>,
     reloads: AtomicU64,
-    handshakes: AtomicU64,
+    rejected_reloads: AtomicU64,
+    /// Completed handshakes, by side (client, server).
+    handshakes: [AtomicU64; 2],
+    /// Failed handshakes, by side and [`HandshakeFailure`].
+    handshake_failures: [[AtomicU64; HandshakeFailure::ALL.len()]; 2],
     watcher: Mutex<Option<RecommendedWatcher>>,
 }
 
@@ -87,7 +92,9 @@ impl TlsStore {
                 },
                 last_error: Mutex::new(None),
                 reloads: AtomicU64::new(0),
-                handshakes: AtomicU64::new(0),
+                rejected_reloads: AtomicU64::new(0),
+                handshakes: Default::default(),
+                handshake_failures: Default::default(),
                 watcher: Mutex::new(None),
             }),
         })
@@ -111,6 +118,7 @@ impl TlsStore {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "new TLS material rejected; keeping the current one");
+                self.inner.rejected_reloads.fetch_add(1, Relaxed);
                 *self
                     .inner
                     .last_error
@@ -140,14 +148,52 @@ impl TlsStore {
         self.inner.reloads.load(Relaxed)
     }
 
+    /// Rejected reloads (bad new material; the old stayed) since load.
+    pub fn rejected_reloads(&self) -> u64 {
+        self.inner.rejected_reloads.load(Relaxed)
+    }
+
     /// TLS handshakes completed with configurations of this store (client and server sides).
     pub fn handshakes(&self) -> u64 {
-        self.inner.handshakes.load(Relaxed)
+        self.inner.handshakes.iter().map(|c| c.load(Relaxed)).sum()
     }
 
     /// Counts a completed handshake (called by the protocol crates' connectors and acceptors).
-    pub fn count_handshake(&self) {
-        self.inner.handshakes.fetch_add(1, Relaxed);
+    pub fn count_handshake(&self, side: TlsSide) {
+        self.inner.handshakes[side as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a failed handshake, classified from the error the TLS stream returned (called by
+    /// the protocol crates' connectors and acceptors).
+    pub fn count_handshake_failure(
+        &self,
+        side: TlsSide,
+        error: &std::io::Error,
+    ) -> HandshakeFailure {
+        let reason = HandshakeFailure::of(error);
+        self.inner.handshake_failures[side as usize][reason as usize].fetch_add(1, Relaxed);
+        reason
+    }
+
+    /// Handshake counters: completed and failed by reason, per side.
+    pub fn handshake_counts(&self) -> HandshakeCounts {
+        let side = |i: usize| SideCounts {
+            completed: self.inner.handshakes[i].load(Relaxed),
+            failed: HandshakeFailure::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        *r,
+                        self.inner.handshake_failures[i][*r as usize].load(Relaxed),
+                    )
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        };
+        HandshakeCounts {
+            client: side(TlsSide::Client as usize),
+            server: side(TlsSide::Server as usize),
+        }
     }
 
     /// Identity, expiry and reload state.
@@ -157,6 +203,8 @@ impl TlsStore {
             identity: m.identity.clone(),
             not_after: m.not_after,
             reloads: self.reloads(),
+            rejected_reloads: self.rejected_reloads(),
+            handshakes: self.handshake_counts(),
             last_error: self.last_error().map(|e| e.to_string()),
         }
     }

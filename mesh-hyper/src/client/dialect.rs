@@ -15,6 +15,7 @@ use mesh_core::{
     Endpoint, Protocol, ServiceName,
     classify::Classify,
     discover::health::{CheckFuture, CheckKind, CheckResult, HealthProbe},
+    telemetry::StatusKey,
 };
 use tower::ServiceExt;
 
@@ -36,6 +37,14 @@ pub trait Dialect: Classify<Response<Incoming>, Error> + Clone + Send + Sync + '
     /// [`ServedBy`](mesh_core::classify::ServedBy)), so that a retry goes elsewhere. HTTP: 5xx.
     fn marks_endpoint(&self, rsp: &Response<Incoming>) -> bool {
         rsp.status().is_server_error()
+    }
+
+    /// The status a response counts as in the request metrics, or `None` when it is only known
+    /// later (a gRPC response whose `grpc-status` comes in the trailers: the dialect's response
+    /// body then finishes the [`PendingStatus`](mesh_core::telemetry::PendingStatus) it finds in
+    /// the response extensions). HTTP: the status class.
+    fn telemetry_status(&self, rsp: &Response<Incoming>) -> Option<StatusKey> {
+        Some(StatusKey::http(rsp.status().as_u16()))
     }
 
     /// Whether this dialect can run health checks of `kind`.

@@ -21,7 +21,11 @@ use hyper_util::{
     },
     rt::TokioIo,
 };
-use mesh_core::{Protocol, ServiceName, classify::ServedBy, tls::TlsStore};
+use mesh_core::{
+    Protocol, ServiceName,
+    classify::ServedBy,
+    tls::{TlsSide, TlsStore},
+};
 use rustls::pki_types::ServerName;
 
 use super::tls::EndpointStream;
@@ -82,8 +86,11 @@ impl Service<Uri> for EndpointConnector {
             let stream = tls
                 .connector
                 .connect(tls.server_name.clone(), tcp.into_inner())
-                .await?;
-            tls.store.count_handshake();
+                .await
+                .inspect_err(|e| {
+                    tls.store.count_handshake_failure(TlsSide::Client, e);
+                })?;
+            tls.store.count_handshake(TlsSide::Client);
             Ok(EndpointStream::Tls(Box::new(TokioIo::new(stream))))
         })
     }

@@ -44,15 +44,16 @@
 //! # Ok(()) }
 //! ```
 
+mod destination;
 mod dialect;
 mod endpoint;
+mod future;
+mod target;
 mod tls;
 
 use std::{
     collections::HashMap,
     fmt,
-    future::Future,
-    pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
@@ -60,30 +61,25 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{Request, Response, Uri, uri::Scheme};
+use http::{HeaderValue, Request, Response, Uri, uri::Scheme};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use mesh_core::{
-    Balancer, Destination, Mesh, PolicyError, Protocol, ServiceName,
+    Mesh, ServiceName,
     balance::EndpointStats,
-    breaker::{Breaker, BreakerLayer, BreakerState},
-    discover::health::{CheckKind, health_checked},
-    limit::{Limit, LimitCounts, LimitLayer},
-    retry::{ReplayBody, Retry, RetryCounts, RetryLayer},
     shared_service::SharedService,
-    timeout::{self, Timeout, TimeoutLayer},
-    tls::{ClientTlsMode, ClientTlsPolicy, TlsStore},
+    telemetry::{DestinationSnapshot, DestinationSource, Telemetry},
+    tls::TlsStore,
+    trace_context::{TRACEPARENT, TRACESTATE, TraceContext},
 };
-use pin_project_lite::pin_project;
-use rustls::pki_types::ServerName;
-use serde::Serialize;
-use tower::Layer;
 use tower_service::Service;
 
-use self::endpoint::TlsTarget;
+use self::destination::Dest;
 pub use self::{
     dialect::{Dialect, EndpointTarget},
     endpoint::{EndpointFuture, HttpEndpoint},
+    future::ResponseFuture,
+    target::Target,
     tls::EndpointStream,
 };
 use crate::{Error, HttpClassifier};
@@ -125,6 +121,13 @@ pub struct ClientSettings {
     /// gRPC clients and Linkerd do); more spreads one endpoint's load over several TCP streams
     /// and server threads when a single connection's flow becomes the bottleneck.
     pub http2_connections_per_endpoint: usize,
+    /// Where request metrics and the destinations' state are reported (see
+    /// [`mesh_core::telemetry`]). Default none: no metrics are recorded.
+    pub telemetry: Option<Telemetry>,
+    /// Whether requests carry W3C trace context: a request without `traceparent` gets one
+    /// whose parent is the request the current task is handling (set by the server layers), or
+    /// a new trace. Default on.
+    pub trace_context: bool,
 }
 
 impl Default for ClientSettings {
@@ -136,6 +139,8 @@ impl Default for ClientSettings {
             tcp_keepalive: Some(Duration::from_secs(60)),
             tls: None,
             http2_connections_per_endpoint: 1,
+            telemetry: None,
+            trace_context: true,
         }
     }
 }
@@ -160,51 +165,6 @@ struct Inner<B, D> {
 
 /// Destinations keyed by the authority spelling requests use.
 type ByAuthority<B, D> = HashMap<Box<str>, Arc<Dest<B, D>>>;
-
-type Balanced<B, D> = Balancer<HttpEndpoint<ReplayBody<B>, D>, D>;
-
-/// The whole per-destination stack (see the module docs for the order).
-type Stack<B, D> = Timeout<Retry<Breaker<Limit<Balanced<B, D>>, D>, D>>;
-
-/// The stack of one destination service, and handles on its parts for statistics.
-struct Dest<B, D> {
-    name: ServiceName,
-    stack: Stack<B, D>,
-    balancer: Balanced<B, D>,
-    retry: RetryLayer<D>,
-    limit: Limit<Balanced<B, D>>,
-    breaker: Option<BreakerLayer<D>>,
-}
-
-impl<B: RequestBody, D: Dialect> Dest<B, D> {
-    fn stats(&self) -> DestinationStats {
-        DestinationStats {
-            service: self.name.clone(),
-            retries: self.retry.stats(),
-            retry_budget: self.retry.budget_available(),
-            limits: self.limit.counts(),
-            breaker: self.breaker.as_ref().map(BreakerLayer::state),
-            endpoints: self.balancer.endpoints(),
-        }
-    }
-}
-
-/// What a client knows about one destination: counters and endpoint states.
-#[derive(Clone, Debug, Serialize)]
-pub struct DestinationStats {
-    /// The service.
-    pub service: ServiceName,
-    /// Requests, retries, hedges, budget exhaustion.
-    pub retries: RetryCounts,
-    /// Retries the budget allows right now.
-    pub retry_budget: f64,
-    /// Shed and rate-limited requests.
-    pub limits: LimitCounts,
-    /// The circuit breaker, if one is configured.
-    pub breaker: Option<BreakerState>,
-    /// Endpoints with load and health.
-    pub endpoints: Vec<EndpointStats>,
-}
 
 impl<B, D> Clone for MeshClient<B, D> {
     fn clone(&self) -> Self {
@@ -287,17 +247,29 @@ where
         }
     }
 
-    fn route(dest: &Dest<B, D>, req: Request<B>) -> ResponseFuture<B, D> {
+    fn route(dest: &Dest<B, D>, mut req: Request<B>) -> ResponseFuture<B, D> {
+        let trace = if dest.trace_context && !req.headers().contains_key(TRACEPARENT) {
+            Some(inject_trace_context(&mut req))
+        } else {
+            None
+        };
+        let record = dest
+            .metrics
+            .as_ref()
+            .map(|m| future::Record::start(m, &dest.dialect));
         let span = tracing::debug_span!("mesh", service = %dest.name,
-            endpoint = tracing::field::Empty, attempt = 1u32);
+            endpoint = tracing::field::Empty, attempt = 1u32, trace_id = tracing::field::Empty);
         if span.is_disabled() {
-            return ResponseFuture::routed(dest.stack.call_shared(req), None);
+            return ResponseFuture::routed(dest.stack.call_shared(req), None, record);
+        }
+        if let Some(trace) = trace {
+            span.record("trace_id", tracing::field::display(trace.trace_id()));
         }
         let fut = {
             let _enter = span.enter();
             dest.stack.call_shared(req)
         };
-        ResponseFuture::routed(fut, Some(span))
+        ResponseFuture::routed(fut, Some(span), record)
     }
 
     /// The endpoints of a service as its balancer sees them (load, in-flight, health), if the
@@ -308,9 +280,9 @@ where
     }
 
     /// Counters and endpoint states of a service, if the client has sent to it.
-    pub fn stats(&self, service: &ServiceName) -> Option<DestinationStats> {
+    pub fn stats(&self, service: &ServiceName) -> Option<DestinationSnapshot> {
         let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        by_name.get(service).map(|d| d.stats())
+        by_name.get(service).map(|d| d.snapshot())
     }
 
     /// Finds or builds the destination of an authority not seen before.
@@ -321,7 +293,16 @@ where
         let dest = match by_name.get(&name) {
             Some(d) => d.clone(),
             None => {
-                let dest = Arc::new(self.stack(self.inner.mesh.resolve_name(name.clone())?)?);
+                let dest = Arc::new(Dest::build(
+                    self.inner.mesh.resolve_name(name.clone())?,
+                    &self.inner.settings,
+                    &self.inner.dialect,
+                )?);
+                if let Some(t) = &self.inner.settings.telemetry {
+                    let weak: std::sync::Weak<dyn DestinationSource> =
+                        Arc::downgrade(&dest) as std::sync::Weak<Dest<B, D>>;
+                    t.track_destination(weak);
+                }
                 by_name.insert(name, dest.clone());
                 dest
             }
@@ -330,89 +311,6 @@ where
         map.insert(authority.into(), dest.clone());
         self.inner.by_authority.store(Arc::new(map));
         Ok(dest)
-    }
-
-    /// Builds the stack of one destination, bottom to top (see the module docs).
-    fn stack(&self, dest: Destination) -> Result<Dest<B, D>, Error> {
-        let Destination {
-            name,
-            config,
-            mut subscription,
-        } = dest;
-        let dialect = self.inner.dialect.clone();
-        tracing::debug!(service = %name, policy = ?config.balance.policy,
-            protocol = ?config.protocol, "new destination");
-        let policy_error = |error| Error::Policy {
-            service: name.clone(),
-            error,
-        };
-        let settings = self.inner.settings.clone();
-        let protocol = dialect.protocol(config.protocol);
-        if config.tls.mode == ClientTlsMode::Mutual && settings.tls.is_none() {
-            return Err(policy_error(PolicyError::new(
-                "tls.mode",
-                "MUTUAL needs a TLS identity: set ClientSettings::tls",
-            )));
-        }
-        let targets = Arc::new(Targets {
-            service: name.clone(),
-            protocol,
-            tls_policy: config.tls.clone(),
-            settings,
-        });
-        if let Some(policy) = &config.health_check {
-            let kind = policy.kind();
-            if !dialect.supports_health_check(&kind) {
-                let field = match kind {
-                    CheckKind::Grpc(_) => "healthCheck.grpc",
-                    CheckKind::Http(_) => "healthCheck.http",
-                };
-                return Err(policy_error(PolicyError::new(
-                    field,
-                    "this kind of health check needs another client (gRPC checks: mesh-tonic's channel)",
-                )));
-            }
-            let (targets, dialect) = (targets.clone(), dialect.clone());
-            subscription = health_checked(
-                name.clone(),
-                subscription,
-                policy.clone(),
-                move |ep: &mesh_core::Endpoint| dialect.health_probe(&kind, &targets.target(ep)),
-            );
-        }
-        let endpoint_dialect = dialect.clone();
-        let balancer = Balancer::with_classifier(
-            name.clone(),
-            subscription,
-            config.balance,
-            move |ep: &mesh_core::Endpoint| {
-                HttpEndpoint::new(&targets.target(ep), endpoint_dialect.clone())
-            },
-            dialect.clone(),
-        );
-        let limit = LimitLayer::new(name.clone(), &config.limits)
-            .map_err(policy_error)?
-            .layer(balancer.clone());
-        let breaker_layer = match &config.breaker {
-            Some(p) => {
-                Some(BreakerLayer::new(name.clone(), p, dialect.clone()).map_err(policy_error)?)
-            }
-            None => None,
-        };
-        let breaker = match &breaker_layer {
-            Some(l) => l.layer(limit.clone()),
-            None => Breaker::disabled(limit.clone()),
-        };
-        let retry = RetryLayer::new(name.clone(), config.retries, dialect).map_err(policy_error)?;
-        let stack = TimeoutLayer::new(name.clone(), config.timeout).layer(retry.layer(breaker));
-        Ok(Dest {
-            name,
-            stack,
-            balancer,
-            retry,
-            limit,
-            breaker: breaker_layer,
-        })
     }
 }
 
@@ -445,191 +343,6 @@ impl<B, D> fmt::Debug for MeshClient<B, D> {
     }
 }
 
-/// A handle on one destination of a [`MeshClient`] (see [`MeshClient::target`]). Cheap to clone.
-pub struct Target<B, D = HttpClassifier> {
-    dest: Arc<Dest<B, D>>,
-    authority: http::uri::Authority,
-}
-
-impl<B, D> Clone for Target<B, D> {
-    fn clone(&self) -> Self {
-        Self {
-            dest: self.dest.clone(),
-            authority: self.authority.clone(),
-        }
-    }
-}
-
-impl<B, D> Target<B, D>
-where
-    B: RequestBody,
-    D: Dialect,
-{
-    /// The service.
-    pub fn service(&self) -> &ServiceName {
-        &self.dest.name
-    }
-
-    /// Sends a request to this destination. A request in origin form (`/path`) gets the
-    /// target's authority; an absolute URI is sent as it is (its authority is not routed by).
-    pub fn request(&self, mut req: Request<B>) -> ResponseFuture<B, D> {
-        if req.uri().authority().is_none() {
-            let mut parts = std::mem::take(req.uri_mut()).into_parts();
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(self.authority.clone());
-            if parts.path_and_query.is_none() {
-                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-            }
-            match Uri::from_parts(parts) {
-                Ok(uri) => *req.uri_mut() = uri,
-                Err(_) => return ResponseFuture::failed(Error::MissingAuthority),
-            }
-        }
-        MeshClient::route(&self.dest, req)
-    }
-
-    /// Counters and endpoint states of this destination.
-    pub fn stats(&self) -> DestinationStats {
-        self.dest.stats()
-    }
-}
-
-impl<B, D> fmt::Debug for Target<B, D> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Target")
-            .field("service", &self.dest.name)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What every endpoint of one destination is reached with.
-struct Targets {
-    service: ServiceName,
-    protocol: Protocol,
-    tls_policy: ClientTlsPolicy,
-    settings: ClientSettings,
-}
-
-impl Targets {
-    fn target(&self, endpoint: &mesh_core::Endpoint) -> EndpointTarget {
-        EndpointTarget {
-            service: self.service.clone(),
-            endpoint: endpoint.clone(),
-            protocol: self.protocol,
-            tls: tls_target(
-                &self.service,
-                endpoint,
-                self.protocol,
-                &self.tls_policy,
-                self.settings.tls.as_ref(),
-            )
-            .map(Arc::new),
-            settings: self.settings.clone(),
-        }
-    }
-}
-
-/// Decides whether an endpoint is reached over mTLS, and with which expected identity.
-fn tls_target(
-    service: &ServiceName,
-    endpoint: &mesh_core::Endpoint,
-    protocol: Protocol,
-    policy: &ClientTlsPolicy,
-    store: Option<&TlsStore>,
-) -> Option<TlsTarget> {
-    let store = store?;
-    let expected = endpoint
-        .identity
-        .clone()
-        .or_else(|| policy.identity.clone());
-    let mutual = match policy.mode {
-        ClientTlsMode::Disable => false,
-        ClientTlsMode::Mutual => true,
-        ClientTlsMode::Auto => expected.is_some(),
-    };
-    if !mutual {
-        return None;
-    }
-    let alpn: &[&[u8]] = match protocol {
-        Protocol::Http2 => &[mesh_core::tls::ALPN_H2],
-        Protocol::Http1 => &[mesh_core::tls::ALPN_HTTP11],
-    };
-    let config = match store.client_config(expected.clone(), alpn) {
-        Ok(c) => c,
-        Err(e) => {
-            // The store's material was validated when loaded; this would be a rustls refusal of
-            // the protocol versions. Connecting in plaintext instead would be wrong: fail the
-            // endpoint's connections by giving it a config that cannot verify anything.
-            tracing::error!(%service, endpoint = %endpoint.addr, error = %e, "cannot build TLS client configuration");
-            return None;
-        }
-    };
-    // The verifier checks the SPIFFE ID, not names; the service host is sent as SNI when it is
-    // a DNS name (a server may route on it), otherwise the endpoint's IP.
-    let server_name = ServerName::try_from(service.host().to_owned())
-        .unwrap_or_else(|_| ServerName::IpAddress(endpoint.addr.ip().into()));
-    tracing::debug!(%service, endpoint = %endpoint.addr, expected = ?expected, "endpoint uses mTLS");
-    Some(TlsTarget {
-        connector: tokio_rustls::TlsConnector::from(config),
-        server_name,
-        store: store.clone(),
-    })
-}
-
-type StackFuture<B, D> = timeout::ResponseFuture<
-    mesh_core::retry::ResponseFuture<Breaker<Limit<Balanced<B, D>>, D>, B, D>,
->;
-
-pin_project! {
-    /// Response future of [`MeshClient`].
-    pub struct ResponseFuture<B: RequestBody, D: Dialect> {
-        #[pin]
-        state: State<B, D>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<B: RequestBody, D: Dialect> {
-        Routed { #[pin] fut: StackFuture<B, D>, span: Option<tracing::Span> },
-        Failed { error: Option<Error> },
-    }
-}
-
-impl<B: RequestBody, D: Dialect> ResponseFuture<B, D> {
-    fn routed(fut: StackFuture<B, D>, span: Option<tracing::Span>) -> Self {
-        Self {
-            state: State::Routed { fut, span },
-        }
-    }
-
-    fn failed(error: Error) -> Self {
-        Self {
-            state: State::Failed { error: Some(error) },
-        }
-    }
-}
-
-impl<B: RequestBody, D: Dialect> Future for ResponseFuture<B, D> {
-    type Output = Result<Response<Incoming>, Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Routed { fut, span } => match span {
-                // Polled inside the request's span only when tracing wants it.
-                Some(span) => {
-                    let _enter = span.enter();
-                    fut.poll(cx)
-                }
-                None => fut.poll(cx),
-            },
-            StateProj::Failed { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion")))
-            }
-        }
-    }
-}
-
 /// Checks the scheme and makes an origin-form request (`/path` + `Host`) absolute, as
 /// hyper-util's client requires.
 fn prepare<B>(req: &mut Request<B>) -> Result<(), Error> {
@@ -659,4 +372,17 @@ fn absolutize(uri: &Uri, host: &str) -> Result<Uri, Error> {
         .path_and_query(pq)
         .build()
         .map_err(|_| Error::MissingAuthority)
+}
+
+/// Gives a request the trace context of the task's current request (as a child span), or a new
+/// trace; returns the context sent.
+fn inject_trace_context<B>(req: &mut Request<B>) -> TraceContext {
+    let ctx = TraceContext::current().map_or_else(TraceContext::new_root, |c| c.child());
+    if let Ok(v) = HeaderValue::try_from(ctx.traceparent()) {
+        req.headers_mut().insert(TRACEPARENT, v);
+    }
+    if let Some(v) = ctx.tracestate().and_then(|s| HeaderValue::from_str(s).ok()) {
+        req.headers_mut().insert(TRACESTATE, v);
+    }
+    ctx
 }

@@ -10,7 +10,7 @@ use std::{
 
 use mesh_core::{
     identity::PeerIdentity,
-    tls::{ALPN_H2, ALPN_HTTP11, ServerTlsMode, TlsError, TlsStore, spiffe_id_of},
+    tls::{ALPN_H2, ALPN_HTTP11, ServerTlsMode, TlsError, TlsSide, TlsStore, spiffe_id_of},
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -128,10 +128,11 @@ impl Acceptor {
             };
         }
         let stream = acceptor.accept(tcp).await.map_err(|source| {
-            tracing::debug!(%peer, error = %source, "TLS handshake failed");
+            let reason = store.count_handshake_failure(TlsSide::Server, &source);
+            tracing::debug!(%peer, error = %source, reason = reason.as_str(), "TLS handshake failed");
             AcceptError::Handshake { peer, source }
         })?;
-        store.count_handshake();
+        store.count_handshake(TlsSide::Server);
         let identity = stream
             .get_ref()
             .1

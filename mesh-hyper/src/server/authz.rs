@@ -10,7 +10,11 @@ use std::{
 };
 
 use futures_util::future::Either;
-use mesh_core::{authz::Authorizer, identity::PeerIdentity};
+use mesh_core::{
+    authz::Authorizer,
+    identity::PeerIdentity,
+    telemetry::{Decision, Telemetry},
+};
 use tower::Layer;
 use tower_service::Service;
 
@@ -22,6 +26,7 @@ use tower_service::Service;
 pub struct AuthzLayer {
     authorizer: Arc<Authorizer>,
     denied: Arc<AtomicU64>,
+    telemetry: Option<Telemetry>,
 }
 
 impl AuthzLayer {
@@ -30,7 +35,15 @@ impl AuthzLayer {
         Self {
             authorizer,
             denied: Arc::new(AtomicU64::new(0)),
+            telemetry: None,
         }
+    }
+
+    /// Also counts every decision by caller identity in `telemetry`
+    /// (`mesh_server_requests_total{caller, decision}`).
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// Requests denied so far.
@@ -78,6 +91,14 @@ where
             .layer
             .authorizer
             .evaluate(principal, req.method(), req.uri().path());
+        if let Some(t) = &self.layer.telemetry {
+            let d = if decision.allowed {
+                Decision::Allow
+            } else {
+                Decision::Deny
+            };
+            t.server().record(principal, d);
+        }
         if decision.allowed {
             return Either::Left(self.inner.call(req));
         }

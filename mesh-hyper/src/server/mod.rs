@@ -4,7 +4,9 @@
 //!   with the peer's SPIFFE ID as [`PeerIdentity`](mesh_core::identity::PeerIdentity);
 //! - [`serve`]: accept, handshake, and serve a tower service with hyper (HTTP/1.1 and HTTP/2);
 //! - [`AuthzLayer`]: Istio-style authorization policies, `403` on denial;
-//! - [`RateLimitLayer`]: per-route and per-caller rate limits, `429` with `Retry-After`.
+//! - [`RateLimitLayer`]: per-route and per-caller rate limits, `429` with `Retry-After`;
+//! - [`TraceContextLayer`]: W3C trace context from the incoming request to the calls the
+//!   handler makes through the mesh client.
 //!
 //! The local replies speak the caller's protocol: to a gRPC request (`content-type:
 //! application/grpc...`) a denial is an HTTP 200 trailers-only response with `grpc-status: 7`
@@ -35,10 +37,12 @@ mod authz;
 mod local_reply;
 mod rate_limit;
 mod serve;
+mod trace_context;
 
 pub use self::{
     accept::{AcceptError, Acceptor, ServerStream},
     authz::{Authz, AuthzLayer},
     rate_limit::{RateLimit, RateLimitLayer, RateLimitRule, RateLimited},
     serve::{WithPeer, serve},
+    trace_context::{PropagateTrace, TraceContextLayer, incoming_trace_context},
 };

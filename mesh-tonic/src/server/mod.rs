@@ -9,7 +9,8 @@
 //!   `RESOURCE_EXHAUSTED`;
 //! - [`DeadlineLayer`]: reads `grpc-timeout` and makes it the deadline of every mesh call the
 //!   handler makes (see [`mesh_core::deadline`]);
-//! - [`TraceLayer`]: a span per call (method, caller) and its outcome as an event;
+//! - [`TraceLayer`]: W3C trace context from the call to the mesh calls its handler makes, a
+//!   span per call (method, caller, trace id) and its outcome as an event;
 //! - [`health_service`](crate::health::health_service): the `grpc.health.v1` service.
 //!
 //! ```no_run

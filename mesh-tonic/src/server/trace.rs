@@ -7,17 +7,27 @@ use std::{
     time::Instant,
 };
 
-use mesh_core::identity::PeerIdentity;
+use mesh_core::{
+    identity::PeerIdentity,
+    trace_context::{TraceContext, sync_scope},
+};
+use mesh_hyper::server::incoming_trace_context;
 use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
 use tower::Layer;
 use tower_service::Service;
 use tracing::Instrument;
 
 use crate::status::{code_name, grpc_status_of};
 
-/// Runs every call in a `grpc` span (`debug` level) with its method and the caller's identity,
-/// and ends it with an event saying how the call's head went (`grpc-status` when the response is
-/// trailers-only, the time to the response head). Costs nothing when the span is disabled.
+/// Runs every call in a `grpc` span (`debug` level) with its method, the caller's identity and
+/// the trace id, and ends it with an event saying how the call's head went (`grpc-status` when
+/// the response is trailers-only, the time to the response head).
+///
+/// It also carries W3C trace context (like mesh-hyper's
+/// [`TraceContextLayer`](mesh_hyper::server::TraceContextLayer)): the call's `traceparent` (or
+/// a new trace) becomes the handler's current [`TraceContext`], so calls the handler makes
+/// through a mesh channel continue the trace.
 ///
 /// ```
 /// use mesh_tonic::server::TraceLayer;
@@ -54,38 +64,41 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = TraceFuture<S::Future>;
+    type Future = TaskLocalFuture<TraceContext, TraceFuture<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let ctx = incoming_trace_context(req.headers());
+        req.extensions_mut().insert(ctx.clone());
         let span = tracing::debug_span!(
             "grpc",
             method = req.uri().path(),
-            caller = tracing::field::Empty
+            caller = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
         if span.is_disabled() {
-            return TraceFuture {
-                state: State::Off {
-                    fut: self.inner.call(req),
-                },
-            };
+            let fut = sync_scope(ctx.clone(), || self.inner.call(req));
+            return ctx.scope(TraceFuture {
+                state: State::Off { fut },
+            });
         }
         if let Some(PeerIdentity(Some(id))) = req.extensions().get::<PeerIdentity>() {
             span.record("caller", id.as_str());
         }
+        span.record("trace_id", tracing::field::display(ctx.trace_id()));
         let fut = {
             let _enter = span.enter();
-            self.inner.call(req)
+            sync_scope(ctx.clone(), || self.inner.call(req))
         };
-        TraceFuture {
+        ctx.scope(TraceFuture {
             state: State::On {
                 fut: fut.instrument(span),
                 start: Instant::now(),
             },
-        }
+        })
     }
 }
 

@@ -1,0 +1,330 @@
+//! OpenMetrics encoding of a [`Snapshot`] (the prometheus-client collector).
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+};
+
+use super::{Inner, Snapshot};
+use crate::{breaker::BreakerState, outlier::HealthState, tls::HandshakeFailure};
+
+/// Encodes the tracked state on every scrape.
+#[derive(Debug)]
+pub(super) struct SnapshotCollector(pub(super) std::sync::Arc<Inner>);
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode(&self.0.snapshot(), &mut encoder)
+    }
+}
+
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+/// One metric family: a name, help, type, and its samples.
+struct Family<'a, V> {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Labels<'a>, V)>,
+}
+
+impl<'a, V> Family<'a, V> {
+    fn new(name: &'static str, help: &'static str, kind: MetricType) -> Self {
+        Self {
+            name,
+            help,
+            kind,
+            samples: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, labels: Labels<'a>, v: V) {
+        self.samples.push((labels, v));
+    }
+}
+
+trait Value {
+    fn encode(
+        &self,
+        kind: &MetricType,
+        e: prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> std::fmt::Result;
+}
+
+impl Value for u64 {
+    fn encode(
+        &self,
+        kind: &MetricType,
+        mut e: prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> std::fmt::Result {
+        match kind {
+            MetricType::Counter => e.encode_counter::<NoLabelSet, _, u64>(self, None),
+            _ => e.encode_gauge(&(*self as i64)),
+        }
+    }
+}
+
+impl Value for f64 {
+    fn encode(
+        &self,
+        _kind: &MetricType,
+        mut e: prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> std::fmt::Result {
+        e.encode_gauge(self)
+    }
+}
+
+fn write<V: Value>(f: &Family<'_, V>, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+    if f.samples.is_empty() {
+        return Ok(());
+    }
+    let mut m = encoder.encode_descriptor(f.name, f.help, None, f.kind)?;
+    for (labels, v) in &f.samples {
+        v.encode(&f.kind, m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+    use MetricType::{Counter, Gauge};
+
+    let mut requests = Family::new(
+        "client_requests",
+        "Outbound requests by final status: HTTP class, gRPC code or mesh error.",
+        Counter,
+    );
+    let mut in_flight = Family::new(
+        "client_in_flight",
+        "Outbound requests sent to endpoints and not answered yet.",
+        Gauge,
+    );
+    let mut retries = Family::new("client_retries", "Retries sent.", Counter);
+    let mut hedges = Family::new("client_hedges", "Hedged requests sent.", Counter);
+    let mut exhausted = Family::new(
+        "client_retry_budget_exhausted",
+        "Retries (or hedges) the retry budget refused.",
+        Counter,
+    );
+    let mut budget = Family::new(
+        "client_retry_budget_available",
+        "Retries the budget allows right now.",
+        Gauge,
+    );
+    let mut shed = Family::new(
+        "client_shed",
+        "Requests shed by the concurrency or queue limit.",
+        Counter,
+    );
+    let mut rate_limited = Family::new(
+        "client_rate_limited",
+        "Requests refused by the client-side rate limit.",
+        Counter,
+    );
+    let mut breaker = Family::new(
+        "client_breaker_state",
+        "Circuit breaker state (1 for the current state).",
+        Gauge,
+    );
+    let mut updates = Family::new(
+        "discovery_updates",
+        "Endpoint-set versions published by the service's discovery source.",
+        Counter,
+    );
+    let mut disc_errors = Family::new(
+        "discovery_errors",
+        "Discovery failures (the last good endpoints were kept).",
+        Counter,
+    );
+    let mut ep_in_flight = Family::new(
+        "endpoint_in_flight",
+        "Requests in flight per endpoint.",
+        Gauge,
+    );
+    let mut ep_ewma = Family::<f64>::new(
+        "endpoint_ewma_latency_seconds",
+        "Peak-EWMA latency estimate per endpoint.",
+        Gauge,
+    );
+    let mut ep_state = Family::new(
+        "endpoint_state",
+        "Endpoint health (1 for the current state: active, ejected, probing).",
+        Gauge,
+    );
+    let mut ejections = Family::new(
+        "endpoint_ejections",
+        "Outlier ejections per endpoint (first ejections and failed probes).",
+        Counter,
+    );
+    let mut readmissions = Family::new(
+        "endpoint_readmissions",
+        "Re-admissions after a successful probe, per endpoint.",
+        Counter,
+    );
+
+    let addrs: Vec<Vec<String>> = s
+        .destinations
+        .iter()
+        .map(|d| d.endpoints.iter().map(|e| e.addr.to_string()).collect())
+        .collect();
+    for (d, addrs) in s.destinations.iter().zip(&addrs) {
+        let svc = d.service.as_str();
+        for c in &d.requests {
+            requests.push(
+                vec![
+                    ("service", svc),
+                    ("status", c.status),
+                    ("outcome", c.outcome),
+                ],
+                c.count,
+            );
+        }
+        in_flight.push(vec![("service", svc)], d.in_flight as u64);
+        retries.push(vec![("service", svc)], d.retries.retries);
+        hedges.push(vec![("service", svc)], d.retries.hedges);
+        exhausted.push(vec![("service", svc)], d.retries.budget_exhausted);
+        budget.push(vec![("service", svc)], d.retry_budget);
+        shed.push(vec![("service", svc)], d.limits.shed);
+        rate_limited.push(vec![("service", svc)], d.limits.rate_limited);
+        if let Some(state) = &d.breaker {
+            let current = breaker_state(state);
+            for st in ["closed", "open", "half_open"] {
+                breaker.push(
+                    vec![("service", svc), ("state", st)],
+                    u64::from(st == current),
+                );
+            }
+        }
+        updates.push(vec![("service", svc)], d.discovery.version);
+        disc_errors.push(vec![("service", svc)], d.discovery.errors);
+        for (e, addr) in d.endpoints.iter().zip(addrs) {
+            let l = || vec![("service", svc), ("endpoint", addr.as_str())];
+            ep_in_flight.push(l(), e.in_flight as u64);
+            if let Some(ewma) = e.ewma_latency {
+                ep_ewma.push(l(), ewma.as_secs_f64());
+            }
+            let current = health_state(e.health);
+            for st in ["active", "ejected", "probing"] {
+                let mut labels = l();
+                labels.push(("state", st));
+                ep_state.push(labels, u64::from(st == current));
+            }
+            ejections.push(l(), e.ejections);
+            readmissions.push(l(), e.readmissions);
+        }
+    }
+
+    write(&requests, encoder)?;
+    // The latency histogram needs its own encoder call.
+    if !s.destinations.is_empty() {
+        let mut m = encoder.encode_descriptor(
+            "client_response_latency_seconds",
+            "Time from sending an outbound request to its response head (or error).",
+            None,
+            MetricType::Histogram,
+        )?;
+        for d in &s.destinations {
+            let labels = [("service", d.service.as_str())];
+            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                d.latency.sum_seconds,
+                d.latency.count,
+                &d.latency.buckets,
+                None,
+            )?;
+        }
+    }
+    for f in [
+        &in_flight,
+        &retries,
+        &hedges,
+        &exhausted,
+        &shed,
+        &rate_limited,
+        &breaker,
+        &updates,
+        &disc_errors,
+        &ep_in_flight,
+        &ep_state,
+        &ejections,
+        &readmissions,
+    ] {
+        write(f, encoder)?;
+    }
+    write(&budget, encoder)?;
+    write(&ep_ewma, encoder)?;
+
+    // Configuration sources.
+    let mut reloads = Family::new(
+        "config_reloads",
+        "Configuration loads by source and result (ok, rejected: the old stayed live).",
+        Counter,
+    );
+    for c in &s.config {
+        let l = |r| vec![("source", c.kind), ("path", c.path.as_str()), ("result", r)];
+        reloads.push(l("ok"), c.version);
+        reloads.push(l("rejected"), c.rejections);
+    }
+    write(&reloads, encoder)?;
+
+    // TLS material and handshakes.
+    let mut tls_reloads = Family::new(
+        "tls_reloads",
+        "TLS material reloads by result (ok, rejected: the old stayed).",
+        Counter,
+    );
+    let mut handshakes = Family::new(
+        "tls_handshakes",
+        "TLS handshakes by side and result (ok or the failure reason).",
+        Counter,
+    );
+    let ids: Vec<String> = s.tls.iter().map(|t| t.identity.to_string()).collect();
+    for (t, id) in s.tls.iter().zip(&ids) {
+        tls_reloads.push(vec![("identity", id.as_str()), ("result", "ok")], t.reloads);
+        tls_reloads.push(
+            vec![("identity", id.as_str()), ("result", "rejected")],
+            t.rejected_reloads,
+        );
+        for (side, counts) in [
+            ("client", &t.handshakes.client),
+            ("server", &t.handshakes.server),
+        ] {
+            let l = |r| vec![("identity", id.as_str()), ("side", side), ("result", r)];
+            handshakes.push(l("ok"), counts.completed);
+            for (reason, n) in &counts.failed {
+                handshakes.push(l(HandshakeFailure::as_str(*reason)), *n);
+            }
+        }
+    }
+    write(&tls_reloads, encoder)?;
+    write(&handshakes, encoder)?;
+
+    // Inbound.
+    let mut server = Family::new(
+        "server_requests",
+        "Inbound requests by caller identity (none: plaintext) and authorization decision.",
+        Counter,
+    );
+    for c in &s.server {
+        server.push(
+            vec![("caller", c.caller.as_str()), ("decision", c.decision)],
+            c.count,
+        );
+    }
+    write(&server, encoder)
+}
+
+fn breaker_state(s: &BreakerState) -> &'static str {
+    match s {
+        BreakerState::Closed => "closed",
+        BreakerState::Open => "open",
+        BreakerState::HalfOpen => "half_open",
+    }
+}
+
+fn health_state(s: HealthState) -> &'static str {
+    match s {
+        HealthState::Active => "active",
+        HealthState::Ejected => "ejected",
+        HealthState::Probing => "probing",
+    }
+}
