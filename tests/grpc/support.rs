@@ -45,6 +45,8 @@ pub struct Behaviour {
     pub hits: Arc<AtomicUsize>,
     /// The `grpc-timeout` of the last call, as received.
     pub seen_timeout: Arc<Mutex<Option<String>>>,
+    /// The `traceparent` of the last call, as received.
+    pub seen_traceparent: Arc<Mutex<Option<String>>>,
     /// When set, `GetReviews` first calls this channel (a middle hop), then answers.
     pub downstream: Option<MeshChannel>,
     /// `WatchReviews` sends one review, waits for this (if set), then sends a second; in
@@ -59,6 +61,7 @@ impl Behaviour {
             mode: Arc::new(AtomicU8::new(OK)),
             hits: Arc::new(AtomicUsize::new(0)),
             seen_timeout: Arc::new(Mutex::new(None)),
+            seen_traceparent: Arc::new(Mutex::new(None)),
             downstream: None,
             release: None,
         }
@@ -87,6 +90,11 @@ impl Reviews for Behaviour {
         *self.seen_timeout.lock().unwrap() = req
             .metadata()
             .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        *self.seen_traceparent.lock().unwrap() = req
+            .metadata()
+            .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         match self.mode.load(Ordering::SeqCst) {

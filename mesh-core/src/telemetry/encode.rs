@@ -225,10 +225,22 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         )?;
         for d in &s.destinations {
             let labels = [("service", d.service.as_str())];
+            // The encoder accumulates bucket counts itself: hand it per-bucket counts.
+            let mut below = 0;
+            let buckets: Vec<(f64, u64)> = d
+                .latency
+                .buckets
+                .iter()
+                .map(|(le, cumulative)| {
+                    let n = cumulative - below;
+                    below = *cumulative;
+                    (*le, n)
+                })
+                .collect();
             m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
                 d.latency.sum_seconds,
                 d.latency.count,
-                &d.latency.buckets,
+                &buckets,
                 None,
             )?;
         }
