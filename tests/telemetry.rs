@@ -224,7 +224,11 @@ async fn counters_follow_a_scripted_sequence() {
     assert_eq!(
         m.get(
             "mesh_client_requests_total",
-            &[("service", SLOW), ("status", "overloaded"), ("outcome", "error")]
+            &[
+                ("service", SLOW),
+                ("status", "overloaded"),
+                ("outcome", "error")
+            ]
         ),
         Some(1.0)
     );
@@ -286,7 +290,11 @@ async fn the_debug_snapshot_shows_an_ejection_within_a_second() {
         client.request(get(URI)).await.unwrap();
         sent += 1;
     }
-    assert_eq!(bad.hits(), 5, "bad was not tried five times in {sent} requests");
+    assert_eq!(
+        bad.hits(),
+        5,
+        "bad was not tried five times in {sent} requests"
+    );
     let ejected_at = Instant::now();
     let mut seen = None;
     while ejected_at.elapsed() < Duration::from_secs(1) {
@@ -365,7 +373,10 @@ async fn trace_context_crosses_a_two_hop_http_chain() {
     let (at_b, at_c) = (Arc::default(), Arc::default());
     let c = hop(Arc::clone(&at_c), None).await;
     let c_mesh = Mesh::builder()
-        .service("c.test:80", StaticSource::new(vec![Endpoint::new(c)]).unwrap())
+        .service(
+            "c.test:80",
+            StaticSource::new(vec![Endpoint::new(c)]).unwrap(),
+        )
         .without_dns_fallback()
         .build()
         .unwrap();
@@ -396,7 +407,11 @@ async fn trace_context_crosses_a_two_hop_http_chain() {
     let c_ctx = TraceContext::parse(&seen_c, None).unwrap();
     let sent_ctx = TraceContext::parse(sent, None).unwrap();
     assert_eq!(c_ctx.trace_id(), sent_ctx.trace_id(), "C saw {seen_c}");
-    assert_ne!(c_ctx.span_id(), sent_ctx.span_id(), "C's parent must be B's hop");
+    assert_ne!(
+        c_ctx.span_id(),
+        sent_ctx.span_id(),
+        "C's parent must be B's hop"
+    );
     assert!(c_ctx.sampled());
 
     // Without one: B starts a trace, and C continues it.
@@ -412,7 +427,11 @@ async fn trace_context_crosses_a_two_hop_http_chain() {
     let first = TraceContext::parse(&at_c.lock().unwrap().pop().unwrap(), None).unwrap();
     plain.request(get(&format!("http://{b}/"))).await.unwrap();
     let second = TraceContext::parse(&at_c.lock().unwrap().pop().unwrap(), None).unwrap();
-    assert_ne!(first.trace_id(), second.trace_id(), "each request is its own trace");
+    assert_ne!(
+        first.trace_id(),
+        second.trace_id(),
+        "each request is its own trace"
+    );
 
     // A mesh client outside any handler starts a trace per request.
     let direct = MeshClient::<Empty<Bytes>>::new(Mesh::builder().build().unwrap());

@@ -8,8 +8,10 @@
 //! ```
 //!
 //! Scenarios:
-//! - `overhead`: `raw` (hyper-util client → backend), `mesh` (mesh client, full default stack →
-//!   backend), `haproxy` (hyper-util client → one HAProxy hop → backend), at concurrency 1 and 32.
+//! - `overhead`: `raw` (hyper-util client → backend), `mesh` (mesh client, full default stack
+//!   with telemetry: metrics and W3C trace context → backend), `mesh-no-telemetry` (the same
+//!   without either), `haproxy` (hyper-util client → one HAProxy hop → backend), at concurrency
+//!   1 and 32.
 //! - `lb`: four backends, one 10x slower; `p2c-ewma`, `round-robin`, `oracle` (the three fast
 //!   ones only), concurrency 16.
 //! - `faults`: the default stack, concurrency 16, with extra columns `success_pct`,
@@ -35,6 +37,7 @@
 mod backend;
 mod grpc;
 mod load;
+mod mtls;
 mod report;
 mod scenarios;
 mod sidecar;
@@ -183,9 +186,9 @@ async fn main_async(opts: Opts) -> Result<bool, String> {
             )
         }
         "mtls" => {
-            let s = scenarios::Mtls::new(&opts).await?;
+            let s = mtls::Mtls::new(&opts).await?;
             let rows = rounds(&opts, &s.variants, &[1, 32]).await;
-            let checks = scenarios::Mtls::checks(&rows);
+            let checks = mtls::Mtls::checks(&rows);
             (
                 rows,
                 checks,

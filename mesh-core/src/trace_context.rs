@@ -167,14 +167,22 @@ impl TraceContext {
 
     /// The `traceparent` header value naming this span as the parent (version `00`).
     pub fn traceparent(&self) -> String {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        push_hex(&mut s, &self.trace_id);
-        s.push('-');
-        push_hex(&mut s, &self.span_id);
-        s.push('-');
-        push_hex(&mut s, &[self.flags]);
-        s
+        self.traceparent_bytes()
+            .iter()
+            .map(|b| char::from(*b))
+            .collect()
+    }
+
+    /// [`traceparent`](Self::traceparent) as ASCII bytes, without allocating (what the clients
+    /// put in a header on every request).
+    pub fn traceparent_bytes(&self) -> [u8; 55] {
+        let mut b = [b'-'; 55];
+        b[0] = b'0';
+        b[1] = b'0';
+        hex_into(&mut b[3..35], &self.trace_id);
+        hex_into(&mut b[36..52], &self.span_id);
+        hex_into(&mut b[53..55], &[self.flags]);
+        b
     }
 
     /// The context of the request the current task is handling, if a mesh server layer (or
@@ -248,6 +256,14 @@ fn hex_u8(b: &[u8]) -> Option<u8> {
         _ => None,
     };
     Some(d(b[0])? << 4 | d(b[1])?)
+}
+
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[(b >> 4) as usize];
+        pair[1] = HEX[(b & 15) as usize];
+    }
 }
 
 fn push_hex(s: &mut String, bytes: &[u8]) {

@@ -174,7 +174,7 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
         if !suffixes(kind).contains(&suffix) {
             return Err(err(format!("suffix {suffix:?} not allowed for a {kind}")));
         }
-        if kind == "counter" && suffix == "_total" && !(value >= 0.0) {
+        if kind == "counter" && suffix == "_total" && (value.is_nan() || value < 0.0) {
             return Err(err("negative or NaN counter".into()));
         }
         let key = Key {
@@ -237,13 +237,13 @@ fn the_reader_rejects_what_it_must() {
     let e = parse(ok).unwrap();
     assert_eq!(e.get("a_total", &[("x", "1")]), Some(2.0));
     for bad in [
-        "# TYPE a counter\na_total 1\n",                             // no EOF
-        "# TYPE a counter\na 1\n# EOF\n",                            // counter without _total
-        "b_total 1\n# EOF\n",                                        // no TYPE
-        "# TYPE a counter\na_total{x=1} 1\n# EOF\n",                 // unquoted
-        "# TYPE a counter\na_total 1\na_total 2\n# EOF\n",           // duplicate
+        "# TYPE a counter\na_total 1\n",                   // no EOF
+        "# TYPE a counter\na 1\n# EOF\n",                  // counter without _total
+        "b_total 1\n# EOF\n",                              // no TYPE
+        "# TYPE a counter\na_total{x=1} 1\n# EOF\n",       // unquoted
+        "# TYPE a counter\na_total 1\na_total 2\n# EOF\n", // duplicate
         "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_count 3\n# EOF\n", // count mismatch
-        "# TYPE a gauge\na{x=\"1\",x=\"2\"} 1\n# EOF\n",             // repeated label
+        "# TYPE a gauge\na{x=\"1\",x=\"2\"} 1\n# EOF\n",   // repeated label
     ] {
         assert!(parse(bad).is_err(), "accepted {bad:?}");
     }

@@ -465,7 +465,10 @@ async fn trace_context_crosses_a_two_hop_grpc_chain() {
     // Without one, the mesh channel starts a trace, and C continues it.
     reviews(&a_client).get_reviews(req(2)).await.unwrap();
     let (at_b, at_c) = (seen(&b), seen(&c));
-    assert_ne!(at_b.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+    assert_ne!(
+        at_b.trace_id().to_string(),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
     assert_eq!(at_c.trace_id(), at_b.trace_id());
 }
 

@@ -70,7 +70,7 @@ use mesh_core::{
     shared_service::SharedService,
     telemetry::{DestinationSnapshot, DestinationSource, Telemetry},
     tls::TlsStore,
-    trace_context::{TRACEPARENT, TRACESTATE, TraceContext},
+    trace_context::TraceContext,
 };
 use tower_service::Service;
 
@@ -82,7 +82,10 @@ pub use self::{
     target::Target,
     tls::EndpointStream,
 };
-use crate::{Error, HttpClassifier};
+use crate::{
+    Error, HttpClassifier,
+    server::{TRACEPARENT_HEADER, TRACESTATE_HEADER},
+};
 
 /// Request bodies the client can send: what hyper-util's client accepts. Implemented for every
 /// such type (`Full<Bytes>`, `Empty<Bytes>`, `BoxBody`, tonic's body, ...).
@@ -248,8 +251,8 @@ where
     }
 
     fn route(dest: &Dest<B, D>, mut req: Request<B>) -> ResponseFuture<B, D> {
-        let trace = if dest.trace_context && !req.headers().contains_key(TRACEPARENT) {
-            Some(inject_trace_context(&mut req))
+        let trace = if dest.trace_context {
+            inject_trace_context(&mut req)
         } else {
             None
         };
@@ -374,15 +377,21 @@ fn absolutize(uri: &Uri, host: &str) -> Result<Uri, Error> {
         .map_err(|_| Error::MissingAuthority)
 }
 
-/// Gives a request the trace context of the task's current request (as a child span), or a new
-/// trace; returns the context sent.
-fn inject_trace_context<B>(req: &mut Request<B>) -> TraceContext {
+/// Gives a request without `traceparent` the trace context of the task's current request (as
+/// a child span), or a new trace; returns the context sent. A request that already has one
+/// (the application traces itself) is left alone.
+fn inject_trace_context<B>(req: &mut Request<B>) -> Option<TraceContext> {
+    use http::header::Entry;
+    let Entry::Vacant(slot) = req.headers_mut().entry(&TRACEPARENT_HEADER) else {
+        return None;
+    };
     let ctx = TraceContext::current().map_or_else(TraceContext::new_root, |c| c.child());
-    if let Ok(v) = HeaderValue::try_from(ctx.traceparent()) {
-        req.headers_mut().insert(TRACEPARENT, v);
-    }
+    let Ok(v) = HeaderValue::from_bytes(&ctx.traceparent_bytes()) else {
+        return None;
+    };
+    slot.insert(v);
     if let Some(v) = ctx.tracestate().and_then(|s| HeaderValue::from_str(s).ok()) {
-        req.headers_mut().insert(TRACESTATE, v);
+        req.headers_mut().insert(&TRACESTATE_HEADER, v);
     }
-    ctx
+    Some(ctx)
 }

@@ -44,5 +44,8 @@ pub use self::{
     authz::{Authz, AuthzLayer},
     rate_limit::{RateLimit, RateLimitLayer, RateLimitRule, RateLimited},
     serve::{WithPeer, serve},
-    trace_context::{PropagateTrace, TraceContextLayer, incoming_trace_context},
+    trace_context::{
+        PropagateTrace, TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceContextLayer,
+        incoming_trace_context,
+    },
 };

@@ -2,6 +2,7 @@
 
 use std::task::{Context, Poll};
 
+use http::HeaderName;
 use mesh_core::trace_context::{TRACEPARENT, TRACESTATE, TraceContext, sync_scope};
 use tokio::task::futures::TaskLocalFuture;
 use tower::Layer;
@@ -50,10 +51,15 @@ pub struct PropagateTrace<S> {
     inner: S,
 }
 
+/// The `traceparent` header, parsed once.
+pub static TRACEPARENT_HEADER: HeaderName = HeaderName::from_static(TRACEPARENT);
+/// The `tracestate` header, parsed once.
+pub static TRACESTATE_HEADER: HeaderName = HeaderName::from_static(TRACESTATE);
+
 /// This hop's trace context for an incoming request with these headers.
 pub fn incoming_trace_context(headers: &http::HeaderMap) -> TraceContext {
-    let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    TraceContext::for_incoming(get(TRACEPARENT), get(TRACESTATE))
+    let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    TraceContext::for_incoming(get(&TRACEPARENT_HEADER), get(&TRACESTATE_HEADER))
 }
 
 impl<S, B> Service<http::Request<B>> for PropagateTrace<S>
