@@ -23,6 +23,7 @@ use mesh::{
         authz::{Action, AuthorizationPolicy, Authorizer, Operation, Rule, To},
         discover::StaticSource,
         limit::LimitPolicy,
+        outlier::OutlierDetection,
         telemetry::{Registry, Telemetry},
         trace_context::TraceContext,
     },
@@ -270,11 +271,16 @@ async fn the_debug_snapshot_shows_an_ejection_within_a_second() {
     let good = backend("good").await;
     let (bad, switch) = switchable("bad").await;
     switch.store(503, Ordering::SeqCst);
+    let mut config = round_robin();
+    config.balance.outlier_detection = Some(OutlierDetection {
+        base_ejection_time: Duration::from_millis(300),
+        ..OutlierDetection::default()
+    });
     let mesh = Mesh::builder()
         .service_with(
             SVC,
             StaticSource::new(vec![Endpoint::new(good.addr), Endpoint::new(bad.addr)]).unwrap(),
-            round_robin(),
+            config,
         )
         .without_dns_fallback()
         .build()
@@ -334,6 +340,58 @@ async fn the_debug_snapshot_shows_an_ejection_within_a_second() {
         .find(|e| e.addr == good.addr)
         .unwrap();
     assert!(good_ep.ewma_latency.is_some(), "{good_ep:?}");
+    assert!(
+        good_ep.responses.0 >= 10 && good_ep.responses.1 == 0,
+        "{good_ep:?}"
+    );
+
+    // Recovered: after the ejection time one probe re-admits it, which both outputs show.
+    switch.store(200, Ordering::SeqCst);
+    assert!(
+        common::eventually(Duration::from_secs(5), async || {
+            client.request(get(URI)).await.unwrap();
+            telemetry.snapshot().destinations[0]
+                .endpoints
+                .iter()
+                .any(|e| e.addr == bad.addr && e.readmissions == 1)
+        })
+        .await,
+        "no re-admission"
+    );
+    let m = scrape(admin).await;
+    let bad_ep = [("service", SVC), ("endpoint", &*bad.addr.to_string())];
+    assert_eq!(
+        m.get("mesh_endpoint_readmissions_total", &bad_ep),
+        Some(1.0)
+    );
+    let failures = [
+        ("service", SVC),
+        ("endpoint", &*bad.addr.to_string()),
+        ("outcome", "failure"),
+    ];
+    assert_eq!(m.get("mesh_endpoint_responses_total", &failures), Some(5.0));
+}
+
+/// A last hop that records `traceparent` and `tracestate`.
+async fn hop_with_state(seen: Arc<Mutex<Vec<String>>>, state: Arc<Mutex<String>>) -> SocketAddr {
+    let app = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let (seen, state) = (seen.clone(), state.clone());
+        async move {
+            let header = |n: &str| {
+                req.headers()
+                    .get(n)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            };
+            seen.lock().unwrap().push(header("traceparent"));
+            *state.lock().unwrap() = header("tracestate");
+            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, Acceptor::plaintext(), app));
+    addr
 }
 
 /// A hyper server that records the `traceparent` it receives and, if `downstream` is set,
@@ -355,7 +413,12 @@ async fn hop(
             if let Some((client, uri)) = downstream {
                 client.request(get(&uri)).await.unwrap();
             }
-            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+            // This hop's own context, as the server layer set it.
+            let own = TraceContext::current().map(|c| c.trace_id().to_string());
+            let mut rsp = http::Response::new(Full::new(Bytes::from("ok")));
+            rsp.headers_mut()
+                .insert("x-trace-id", own.unwrap_or_default().parse().unwrap());
+            Ok::<_, Infallible>(rsp)
         }
     });
     let svc = ServiceBuilder::new()
@@ -371,7 +434,8 @@ async fn hop(
 async fn trace_context_crosses_a_two_hop_http_chain() {
     // C records; B records and calls C through a mesh client; the test calls B.
     let (at_b, at_c) = (Arc::default(), Arc::default());
-    let c = hop(Arc::clone(&at_c), None).await;
+    let seen_state_c: Arc<Mutex<String>> = Arc::default();
+    let c = hop_with_state(Arc::clone(&at_c), Arc::clone(&seen_state_c)).await;
     let c_mesh = Mesh::builder()
         .service(
             "c.test:80",
@@ -405,6 +469,11 @@ async fn trace_context_crosses_a_two_hop_http_chain() {
     let seen_c = at_c.lock().unwrap().pop().unwrap();
     assert_eq!(seen_b, sent);
     let c_ctx = TraceContext::parse(&seen_c, None).unwrap();
+    assert_eq!(
+        *seen_state_c.lock().unwrap(),
+        "vendor=x",
+        "tracestate is passed on"
+    );
     let sent_ctx = TraceContext::parse(sent, None).unwrap();
     assert_eq!(c_ctx.trace_id(), sent_ctx.trace_id(), "C saw {seen_c}");
     assert_ne!(
@@ -415,16 +484,15 @@ async fn trace_context_crosses_a_two_hop_http_chain() {
     assert!(c_ctx.sampled());
 
     // Without one: B starts a trace, and C continues it.
-    assert_eq!(
-        plain
-            .request(get(&format!("http://{b}/")))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let rsp = plain.request(get(&format!("http://{b}/"))).await.unwrap();
+    let b_trace = rsp.headers()["x-trace-id"].to_str().unwrap().to_owned();
     assert_eq!(at_b.lock().unwrap().pop().unwrap(), "");
     let first = TraceContext::parse(&at_c.lock().unwrap().pop().unwrap(), None).unwrap();
+    assert_eq!(
+        first.trace_id().to_string(),
+        b_trace,
+        "C must continue B's new trace"
+    );
     plain.request(get(&format!("http://{b}/"))).await.unwrap();
     let second = TraceContext::parse(&at_c.lock().unwrap().pop().unwrap(), None).unwrap();
     assert_ne!(
@@ -438,4 +506,203 @@ async fn trace_context_crosses_a_two_hop_http_chain() {
     direct.request(get(&format!("http://{c}/"))).await.unwrap();
     let root = at_c.lock().unwrap().pop().unwrap();
     assert!(TraceContext::parse(&root, None).is_ok(), "{root:?}");
+}
+
+#[tokio::test]
+async fn a_streaming_response_body_continues_the_trace() {
+    // B answers at once with a body whose only chunk is produced after a call to C: the call
+    // is made while hyper polls the body, after the handler's future has finished.
+    let at_c: Arc<Mutex<Vec<String>>> = Arc::default();
+    let c = hop_with_state(Arc::clone(&at_c), Arc::default()).await;
+    let c_mesh = Mesh::builder()
+        .service(
+            "c.test:80",
+            StaticSource::new(vec![Endpoint::new(c)]).unwrap(),
+        )
+        .without_dns_fallback()
+        .build()
+        .unwrap();
+    let client = MeshClient::<Empty<Bytes>>::new(c_mesh);
+    let app = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+        let client = client.clone();
+        async move {
+            let chunk = futures_util::stream::once(async move {
+                client.request(get("http://c.test/")).await.unwrap();
+                Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from("streamed")))
+            });
+            Ok::<_, Infallible>(http::Response::new(http_body_util::StreamBody::new(chunk)))
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(TraceContextLayer::new())
+        .service(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, Acceptor::plaintext(), svc));
+
+    let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut req = get(&format!("http://{b}/"));
+    req.headers_mut()
+        .insert("traceparent", http::HeaderValue::from_static(sent));
+    let plain = MeshClient::<Empty<Bytes>>::new(Mesh::builder().build().unwrap());
+    let body = plain.request(req).await.unwrap().into_body();
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "streamed");
+    let seen = TraceContext::parse(&at_c.lock().unwrap().pop().unwrap(), None).unwrap();
+    assert_eq!(
+        seen.trace_id().to_string(),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+}
+
+#[tokio::test]
+async fn config_reloads_rejections_and_unroutable_requests_are_counted() {
+    let a = backend("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("endpoints.yaml");
+    let good = format!("services:\n  {SVC}:\n    - address: {}\n", a.addr);
+    std::fs::write(&path, &good).unwrap();
+    let mesh = Mesh::builder()
+        .endpoints_file(&path, ServiceConfig::default())
+        .without_dns_fallback()
+        .build()
+        .unwrap();
+    let mut registry = Registry::default();
+    let telemetry = Telemetry::new(&mut registry);
+    let admin = serve_admin(registry, telemetry.clone()).await;
+    // The client tracks its mesh by itself.
+    let client = MeshClient::<Empty<Bytes>>::with_settings(mesh, settings(&telemetry));
+    assert_eq!(client.request(get(URI)).await.unwrap().status(), 200);
+    let path_label = path.display().to_string();
+    let reloads = |m: &openmetrics::Exposition, result: &str| {
+        m.get(
+            "mesh_config_reloads_total",
+            &[
+                ("source", "endpoints-file"),
+                ("path", &path_label),
+                ("result", result),
+            ],
+        )
+    };
+    let m = scrape(admin).await;
+    assert_eq!(reloads(&m, "ok"), Some(1.0));
+    assert_eq!(reloads(&m, "rejected"), Some(0.0));
+
+    // A bad update is rejected (the old endpoints keep serving) and shows in both outputs.
+    std::fs::write(
+        &path,
+        format!("services:\n  {SVC}:\n    - address: nowhere\n"),
+    )
+    .unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(10), async || {
+            telemetry.snapshot().config[0].rejections == 1
+        })
+        .await,
+        "the rejection was not counted"
+    );
+    assert_eq!(client.request(get(URI)).await.unwrap().status(), 200);
+    let snap = telemetry.snapshot();
+    let err = snap.config[0].last_error.clone().unwrap();
+    assert!(err.contains("address"), "{err}");
+    let m = scrape(admin).await;
+    assert_eq!(reloads(&m, "rejected"), Some(1.0));
+    assert_eq!(
+        m.get("mesh_discovery_errors_total", &[("service", SVC)]),
+        Some(1.0)
+    );
+
+    // Fixed again: a new version, and the rejection stays among the recent errors.
+    std::fs::write(&path, &good).unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(10), async || {
+            telemetry.snapshot().config[0].version == 2
+        })
+        .await
+    );
+    let snap = telemetry.snapshot();
+    assert!(snap.config[0].last_error.is_none());
+    assert_eq!(snap.config[0].recent_errors.len(), 1);
+
+    // A request to a service nobody knows (no DNS fallback) is counted as unroutable.
+    assert!(client.request(get("http://nobody.test/")).await.is_err());
+    let m = scrape(admin).await;
+    assert_eq!(
+        m.get("mesh_client_unroutable_total", &[("reason", "resolve")]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn tls_handshakes_are_counted_by_side_and_failure_reason() {
+    let pki = common::pki::Pki::new();
+    let server_store = pki.store("reviews", "reviews");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+    });
+    let acceptor = Acceptor::new(
+        Some(server_store.clone()),
+        mesh::core::tls::ServerTlsMode::Strict,
+    )
+    .unwrap();
+    tokio::spawn(serve(listener, acceptor, app));
+    let mut registry = Registry::default();
+    let telemetry = Telemetry::new(&mut registry);
+    telemetry.track_tls(&server_store);
+    let admin = serve_admin(registry, telemetry.clone()).await;
+    let client_store = pki.store("productpage", "productpage");
+    let client_for = |expected: &str| {
+        let mesh = Mesh::builder()
+            .service(
+                SVC,
+                StaticSource::new(vec![
+                    Endpoint::new(server).identity(common::pki::id(expected)),
+                ])
+                .unwrap(),
+            )
+            .without_dns_fallback()
+            .build()
+            .unwrap();
+        MeshClient::<Empty<Bytes>>::with_settings(
+            mesh,
+            ClientSettings {
+                tls: Some(client_store.clone()),
+                ..settings(&telemetry)
+            },
+        )
+    };
+    // One good handshake, then a client expecting another identity refuses the server.
+    assert_eq!(
+        client_for("reviews")
+            .request(get(URI))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let refused = client_for("ratings").request(get(URI)).await.unwrap_err();
+    assert!(
+        matches!(refused, mesh::hyper::Error::IdentityMismatch { .. }),
+        "{refused:?}"
+    );
+
+    let m = scrape(admin).await;
+    let client_id = common::pki::id("productpage").to_string();
+    let server_id = common::pki::id("reviews").to_string();
+    let handshakes = |id: &str, side: &str, result: &str| {
+        m.get(
+            "mesh_tls_handshakes_total",
+            &[("identity", id), ("side", side), ("result", result)],
+        )
+    };
+    assert_eq!(handshakes(&client_id, "client", "ok"), Some(1.0));
+    assert!(
+        handshakes(&client_id, "client", "identity_mismatch").unwrap_or(0.0) >= 1.0,
+        "{:?}",
+        telemetry.snapshot().tls
+    );
+    assert_eq!(handshakes(&server_id, "server", "ok"), Some(1.0));
+    // The refused server saw the client abort with an alert.
+    assert!(handshakes(&server_id, "server", "peer_alert").unwrap_or(0.0) >= 1.0);
 }

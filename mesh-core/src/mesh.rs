@@ -259,8 +259,23 @@ impl Mesh {
                 version: file.reloads() + 1,
                 rejections: file.rejections(),
                 last_error: file.last_error().map(|e| e.to_string()),
+                recent_errors: file
+                    .recent_errors()
+                    .into_iter()
+                    .map(|(at, e)| crate::telemetry::ConfigError {
+                        at_unix_secs: at
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs()),
+                        error: e.to_string(),
+                    })
+                    .collect(),
             })
             .collect()
+    }
+
+    /// Whether `other` is a clone of this mesh.
+    pub fn same(&self, other: &Mesh) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Names configured explicitly.

@@ -50,8 +50,10 @@ const MAX_TRACESTATE: usize = 512;
 pub struct TraceContext {
     trace_id: [u8; 16],
     span_id: [u8; 8],
+    /// The span this one is a child of (`None` for a root, or a context parsed off the wire).
+    parent_id: Option<[u8; 8]>,
     flags: u8,
-    tracestate: Option<Box<str>>,
+    tracestate: Option<std::sync::Arc<str>>,
 }
 
 /// Why a `traceparent` was not accepted (the receiver then starts a new trace).
@@ -68,6 +70,7 @@ impl TraceContext {
         Self {
             trace_id,
             span_id: nonzero_u64().to_be_bytes(),
+            parent_id: None,
             flags: 0x01,
             tracestate: None,
         }
@@ -112,10 +115,11 @@ impl TraceContext {
         let tracestate = tracestate
             .map(str::trim)
             .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE && s.is_ascii())
-            .map(Box::from);
+            .map(std::sync::Arc::from);
         Ok(Self {
             trace_id,
             span_id,
+            parent_id: None,
             flags,
             tracestate,
         })
@@ -135,14 +139,21 @@ impl TraceContext {
         }
     }
 
-    /// A new span in the same trace, whose parent is this one.
+    /// A new span in the same trace, whose parent is this one. Only the `sampled` flag is
+    /// passed on: the others are unknown to version `00`, which W3C says to zero.
     pub fn child(&self) -> Self {
         Self {
             trace_id: self.trace_id,
             span_id: nonzero_u64().to_be_bytes(),
-            flags: self.flags,
+            parent_id: Some(self.span_id),
+            flags: self.flags & 0x01,
             tracestate: self.tracestate.clone(),
         }
+    }
+
+    /// The span this one is a child of, if it is one.
+    pub fn parent_id(&self) -> Option<SpanId> {
+        self.parent_id.map(SpanId)
     }
 
     /// The trace id.
@@ -283,6 +294,7 @@ mod tests {
     #[test]
     fn parses_and_formats_round_trip() {
         let c = TraceContext::parse(TP, Some("congo=t61rcWkgMzE")).unwrap();
+        assert_eq!(c.parent_id(), None);
         assert_eq!(c.traceparent(), TP);
         assert_eq!(c.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(c.span_id().to_string(), "00f067aa0ba902b7");
@@ -291,7 +303,15 @@ mod tests {
         let child = c.child();
         assert_eq!(child.trace_id(), c.trace_id());
         assert_ne!(child.span_id(), c.span_id());
+        assert_eq!(child.parent_id(), Some(c.span_id()));
         assert_eq!(child.tracestate(), c.tracestate());
+        // Unknown flags are not passed on.
+        let odd = TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff",
+            None,
+        )
+        .unwrap();
+        assert!(odd.child().traceparent().ends_with("-01"));
     }
 
     #[test]

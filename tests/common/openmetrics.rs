@@ -110,7 +110,15 @@ fn parse_value(s: &str) -> Result<f64, String> {
         "+Inf" => Ok(f64::INFINITY),
         "-Inf" => Ok(f64::NEG_INFINITY),
         "NaN" => Ok(f64::NAN),
-        _ => s.parse().map_err(|_| format!("bad value {s:?}")),
+        // Digits, sign, point and exponent only: Rust's parser would also take `inf`, `nan`,
+        // `infinity`, which OpenMetrics does not allow.
+        _ if !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-')) =>
+        {
+            s.parse().map_err(|_| format!("bad value {s:?}"))
+        }
+        _ => Err(format!("bad value {s:?}")),
     }
 }
 
@@ -244,6 +252,7 @@ fn the_reader_rejects_what_it_must() {
         "# TYPE a counter\na_total 1\na_total 2\n# EOF\n", // duplicate
         "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_count 3\n# EOF\n", // count mismatch
         "# TYPE a gauge\na{x=\"1\",x=\"2\"} 1\n# EOF\n",   // repeated label
+        "# TYPE a gauge\na inf\n# EOF\n", // a float Rust parses but OpenMetrics does not allow
     ] {
         assert!(parse(bad).is_err(), "accepted {bad:?}");
     }

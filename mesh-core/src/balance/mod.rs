@@ -213,6 +213,9 @@ pub struct EndpointStats {
     pub ejections: u64,
     /// Times a probe re-admitted it since it joined the set.
     pub readmissions: u64,
+    /// Responses since it joined the set: (successes, endpoint failures), as outlier
+    /// detection classified them.
+    pub responses: (u64, u64),
 }
 
 /// A load balancer over one service's endpoints. See the [module docs](self).
@@ -378,6 +381,7 @@ where
                     window: self.shared.outlier.window_totals(&s.health),
                     ejections,
                     readmissions,
+                    responses: s.health.responses(),
                 }
             })
             .collect()

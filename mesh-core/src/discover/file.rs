@@ -69,7 +69,13 @@ struct State {
     last_error: Option<DiscoveryError>,
     reloads: u64,
     rejections: u64,
+    /// The latest rejections, newest last (at most [`RECENT_ERRORS`]), kept after a good
+    /// reload so that the debug snapshot can show what went wrong recently.
+    recent_errors: std::collections::VecDeque<(std::time::SystemTime, DiscoveryError)>,
 }
+
+/// Rejections a file source remembers.
+pub const RECENT_ERRORS: usize = 8;
 
 /// The on-disk shape of an endpoints file.
 #[derive(Deserialize)]
@@ -156,6 +162,11 @@ impl FileSource {
         self.inner.lock().rejections
     }
 
+    /// The latest rejections with their times, oldest first (at most [`RECENT_ERRORS`]).
+    pub fn recent_errors(&self) -> Vec<(std::time::SystemTime, DiscoveryError)> {
+        self.inner.lock().recent_errors.iter().cloned().collect()
+    }
+
     /// The services the file names.
     pub fn services(&self) -> Vec<ServiceName> {
         self.inner.lock().services.keys().cloned().collect()
@@ -195,6 +206,12 @@ impl Inner {
                 }
                 state.last_error = Some(err.clone());
                 state.rejections += 1;
+                if state.recent_errors.len() == RECENT_ERRORS {
+                    state.recent_errors.pop_front();
+                }
+                state
+                    .recent_errors
+                    .push_back((std::time::SystemTime::now(), err.clone()));
                 Err(err)
             }
         }

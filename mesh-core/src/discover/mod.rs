@@ -39,7 +39,7 @@ use tokio::sync::watch;
 
 pub use self::{
     dns::{DnsOptions, DnsResolver, DnsSource},
-    file::{FileFormatError, FileSource},
+    file::{FileFormatError, FileSource, RECENT_ERRORS},
     stream::EndpointStream,
 };
 use crate::{

@@ -236,6 +236,8 @@ pub(crate) struct Health {
     /// Ejections (first ones and failed probes) and re-admissions since the endpoint appeared.
     ejections_total: AtomicU64,
     readmissions_total: AtomicU64,
+    /// Responses since the endpoint appeared: (successes, endpoint failures).
+    responses: [AtomicU64; 2],
 }
 
 /// What one endpoint's health looks like from outside (debug snapshot, tests).
@@ -261,7 +263,16 @@ impl Health {
             readmitted_at_ns: AtomicU64::new(0),
             ejections_total: AtomicU64::new(0),
             readmissions_total: AtomicU64::new(0),
+            responses: Default::default(),
         }
+    }
+
+    /// Responses of this endpoint so far: (successes, endpoint failures).
+    pub(crate) fn responses(&self) -> (u64, u64) {
+        (
+            self.responses[0].load(Relaxed),
+            self.responses[1].load(Relaxed),
+        )
     }
 
     /// Ejections and re-admissions of this endpoint so far.
@@ -363,13 +374,14 @@ impl Outlier {
         class: ResponseClass,
         now: Instant,
     ) {
+        let ok = !class.is_endpoint_failure();
+        health.responses[usize::from(!ok)].fetch_add(1, Relaxed);
         let Some(cfg) = &self.config else { return };
         if health.state.load(Acquire) == REMOVED {
             return;
         }
         let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         let sec = now_ns / 1_000_000_000;
-        let ok = !class.is_endpoint_failure();
         health.window.record(sec, ok);
         if ok {
             if health.consecutive.load(Relaxed) != 0 {

@@ -161,6 +161,19 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         "Re-admissions after a successful probe, per endpoint.",
         Counter,
     );
+    let mut ep_responses = Family::new(
+        "endpoint_responses",
+        "Responses per endpoint by outcome (failure: what outlier detection counts against it).",
+        Counter,
+    );
+    let mut unroutable = Family::new(
+        "client_unroutable",
+        "Outbound requests no destination could be found for, by reason.",
+        Counter,
+    );
+    for u in &s.unroutable {
+        unroutable.push(vec![("reason", u.reason)], u.count);
+    }
 
     let addrs: Vec<Vec<String>> = s
         .destinations
@@ -211,6 +224,11 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
             }
             ejections.push(l(), e.ejections);
             readmissions.push(l(), e.readmissions);
+            for (outcome, n) in [("success", e.responses.0), ("failure", e.responses.1)] {
+                let mut labels = l();
+                labels.push(("outcome", outcome));
+                ep_responses.push(labels, n);
+            }
         }
     }
 
@@ -246,6 +264,7 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         }
     }
     for f in [
+        &unroutable,
         &in_flight,
         &retries,
         &hedges,
@@ -257,6 +276,7 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         &disc_errors,
         &ep_in_flight,
         &ep_state,
+        &ep_responses,
         &ejections,
         &readmissions,
     ] {

@@ -21,6 +21,7 @@
 //! | metric (`mesh_` prefix) | type | labels |
 //! |---|---|---|
 //! | `client_requests_total` | counter | service, status, outcome |
+//! | `client_unroutable_total` | counter | reason |
 //! | `client_response_latency_seconds` | histogram | service |
 //! | `client_in_flight` | gauge | service |
 //! | `client_retries_total`, `client_hedges_total`, `client_retry_budget_exhausted_total` | counter | service |
@@ -29,6 +30,7 @@
 //! | `client_breaker_state` | gauge | service, state |
 //! | `discovery_updates_total`, `discovery_errors_total` | counter | service |
 //! | `endpoint_in_flight`, `endpoint_ewma_latency_seconds`, `endpoint_state` | gauge | service, endpoint (, state) |
+//! | `endpoint_responses_total` | counter | service, endpoint, outcome |
 //! | `endpoint_ejections_total`, `endpoint_readmissions_total` | counter | service, endpoint |
 //! | `config_reloads_total` | counter | source, path, result |
 //! | `tls_reloads_total` | counter | identity, result |
@@ -50,11 +52,13 @@ mod encode;
 mod request;
 mod server;
 mod snapshot;
+mod unroutable;
 
 use std::sync::{Arc, Mutex, Weak};
 
 pub use prometheus_client::registry::Registry;
 
+use self::unroutable::UnroutableMetrics;
 pub use self::{
     request::{
         ErrorKind, GRPC_CODE_NAMES, LATENCY_BUCKETS, LatencyHistogram, PendingStatus,
@@ -62,10 +66,15 @@ pub use self::{
     },
     server::{CallerCount, Decision, MAX_CALLERS, ServerMetrics},
     snapshot::{
-        ConfigSourceSnapshot, DestinationSnapshot, DestinationSource, DiscoverySnapshot, Snapshot,
+        ConfigError, ConfigSourceSnapshot, DestinationSnapshot, DestinationSource,
+        DiscoverySnapshot, Snapshot, UnroutableCount,
     },
+    unroutable::Unroutable,
 };
-use crate::{Mesh, tls::TlsStore};
+use crate::{
+    Mesh,
+    tls::{TlsStatus, TlsStore},
+};
 
 /// The telemetry of one application: what it tracks and the collector that encodes it.
 /// Cheap to clone; clones share everything. See the [module docs](self).
@@ -80,6 +89,7 @@ pub(crate) struct Inner {
     meshes: Mutex<Vec<Mesh>>,
     tls: Mutex<Vec<TlsStore>>,
     server: ServerMetrics,
+    unroutable: UnroutableMetrics,
 }
 
 impl std::fmt::Debug for Inner {
@@ -112,14 +122,29 @@ impl Telemetry {
         v.push(source);
     }
 
-    /// Tracks a mesh's configuration sources (endpoints files: version, rejections, errors).
+    /// Tracks a mesh's configuration sources (endpoints files: version, rejections, recent
+    /// errors). Clients with telemetry track their mesh themselves; tracking twice is a no-op.
+    /// The telemetry keeps the mesh alive.
     pub fn track_mesh(&self, mesh: &Mesh) {
-        lock(&self.inner.meshes).push(mesh.clone());
+        let mut v = lock(&self.inner.meshes);
+        if !v.iter().any(|m| m.same(mesh)) {
+            v.push(mesh.clone());
+        }
     }
 
-    /// Tracks TLS material: reloads, rejections and handshakes by side and result.
+    /// Tracks TLS material: reloads, rejections and handshakes by side and result. Clients
+    /// with telemetry track their own store; a server's store is tracked with this. Tracking
+    /// twice is a no-op; stores with the same identity are reported as one (counts added).
     pub fn track_tls(&self, store: &TlsStore) {
-        lock(&self.inner.tls).push(store.clone());
+        let mut v = lock(&self.inner.tls);
+        if !v.iter().any(|s| s.same(store)) {
+            v.push(store.clone());
+        }
+    }
+
+    /// Counts a request a client could not route (called by the protocol crates).
+    pub fn unroutable(&self, reason: Unroutable) {
+        self.inner.unroutable.record(reason);
     }
 
     /// Inbound request counters (recorded by the servers' authorization layers).
@@ -139,18 +164,59 @@ impl Inner {
             .iter()
             .filter_map(Weak::upgrade)
             .collect();
-        let mut destinations: Vec<_> = sources.iter().map(|s| s.snapshot()).collect();
+        let mut destinations: Vec<DestinationSnapshot> = Vec::new();
+        for d in sources.iter().map(|s| s.snapshot()) {
+            match destinations.iter_mut().find(|m| m.service == d.service) {
+                Some(m) => m.absorb(d),
+                None => destinations.push(d),
+            }
+        }
         destinations.sort_by(|a, b| a.service.cmp(&b.service));
+        let mut config: Vec<ConfigSourceSnapshot> = Vec::new();
+        for c in lock(&self.meshes).iter().flat_map(Mesh::config_sources) {
+            // Two meshes over one file report it once.
+            if !config.iter().any(|m| m.kind == c.kind && m.path == c.path) {
+                config.push(c);
+            }
+        }
         Snapshot {
             destinations,
-            config: lock(&self.meshes)
-                .iter()
-                .flat_map(Mesh::config_sources)
-                .collect(),
-            tls: lock(&self.tls).iter().map(TlsStore::status).collect(),
+            unroutable: self.unroutable.counts(),
+            config,
+            tls: merge_tls(lock(&self.tls).iter().map(TlsStore::status)),
             server: self.server.counts(),
         }
     }
+}
+
+/// One entry per identity: stores sharing an identity add their counts up.
+fn merge_tls(statuses: impl Iterator<Item = TlsStatus>) -> Vec<TlsStatus> {
+    let mut out: Vec<TlsStatus> = Vec::new();
+    for s in statuses {
+        let Some(m) = out.iter_mut().find(|m| m.identity == s.identity) else {
+            out.push(s);
+            continue;
+        };
+        m.reloads += s.reloads;
+        m.rejected_reloads += s.rejected_reloads;
+        m.not_after = m.not_after.min(s.not_after);
+        if m.last_error.is_none() {
+            m.last_error = s.last_error;
+        }
+        for (mine, theirs) in [
+            (&mut m.handshakes.client, s.handshakes.client),
+            (&mut m.handshakes.server, s.handshakes.server),
+        ] {
+            mine.completed += theirs.completed;
+            for (reason, n) in theirs.failed {
+                match mine.failed.iter_mut().find(|(r, _)| *r == reason) {
+                    Some((_, c)) => *c += n,
+                    None => mine.failed.push((reason, n)),
+                }
+            }
+        }
+    }
+    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -221,7 +221,7 @@ pub enum TlsSide {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HandshakeFailure {
-    /// The peer presented no certificate (a STRICT server's plaintext-speaking or cert-less client).
+    /// The peer presented no certificate (a client without one, at a server that requires it).
     NoCertificate = 0,
     /// The peer's chain does not lead to our trust bundle.
     UnknownCa,
@@ -235,7 +235,8 @@ pub enum HandshakeFailure {
     PeerAlert,
     /// A protocol error (no common version or cipher suite, bad message, ...).
     Protocol,
-    /// The connection failed during the handshake (reset, EOF, timeout).
+    /// The connection failed during the handshake (reset, EOF, the handshake timeout); a
+    /// handshake abandoned because its request was cancelled is not counted.
     Io,
 }
 

@@ -129,6 +129,11 @@ impl TlsStore {
         }
     }
 
+    /// Whether `other` is a clone of this store.
+    pub fn same(&self, other: &TlsStore) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// This workload's SPIFFE ID.
     pub fn identity(&self) -> SpiffeId {
         self.inner.current.load().identity.clone()

@@ -54,6 +54,9 @@ struct ConnectorInner {
     http: HttpConnector<GaiResolver>,
     target: Uri,
     tls: Option<Arc<TlsTarget>>,
+    /// Bound on the TLS handshake (the connect timeout again: a peer that accepts TCP and then
+    /// stalls must not hold a request until its overall timeout).
+    handshake_timeout: std::time::Duration,
 }
 
 /// How to do mTLS to one endpoint.
@@ -83,13 +86,19 @@ impl Service<Uri> for EndpointConnector {
             let Some(tls) = &inner.tls else {
                 return Ok(EndpointStream::Plain(tcp));
             };
-            let stream = tls
+            let handshake = tls
                 .connector
-                .connect(tls.server_name.clone(), tcp.into_inner())
-                .await
-                .inspect_err(|e| {
-                    tls.store.count_handshake_failure(TlsSide::Client, e);
-                })?;
+                .connect(tls.server_name.clone(), tcp.into_inner());
+            let stream = match tokio::time::timeout(inner.handshake_timeout, handshake).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                )),
+            }
+            .inspect_err(|e| {
+                tls.store.count_handshake_failure(TlsSide::Client, e);
+            })?;
             tls.store.count_handshake(TlsSide::Client);
             Ok(EndpointStream::Tls(Box::new(TokioIo::new(stream))))
         })
@@ -141,6 +150,7 @@ where
                 http,
                 target: uri,
                 tls: target.tls.clone(),
+                handshake_timeout: settings.connect_timeout,
             }),
         };
         let http2 = target.protocol == Protocol::Http2;

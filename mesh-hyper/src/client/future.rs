@@ -84,6 +84,7 @@ impl<D: Dialect> Record<D> {
 impl<D: Dialect> Drop for Record<D> {
     fn drop(&mut self) {
         if let Some(m) = self.metrics.take() {
+            m.observe(self.start.elapsed());
             m.count(StatusKey::error(ErrorKind::Cancelled));
         }
     }

@@ -68,7 +68,7 @@ use mesh_core::{
     Mesh, ServiceName,
     balance::EndpointStats,
     shared_service::SharedService,
-    telemetry::{DestinationSnapshot, DestinationSource, Telemetry},
+    telemetry::{DestinationSnapshot, DestinationSource, Telemetry, Unroutable},
     tls::TlsStore,
     trace_context::TraceContext,
 };
@@ -108,7 +108,8 @@ impl<T> RequestBody for T where
 /// Connection settings of a [`MeshClient`], applied to every endpoint's pool.
 #[derive(Clone, Debug)]
 pub struct ClientSettings {
-    /// Time allowed for a TCP connect. Default 1 s: linkerd2-proxy's outbound connect timeout.
+    /// Time allowed for a TCP connect, and again for the TLS handshake of mTLS endpoints.
+    /// Default 1 s: linkerd2-proxy's outbound connect timeout.
     pub connect_timeout: Duration,
     /// Idle pooled connections are closed after this. Default 90 s: hyper-util's default.
     pub pool_idle_timeout: Duration,
@@ -199,6 +200,12 @@ where
 {
     /// A client over `mesh` speaking `dialect` over HTTP (mesh-tonic's gRPC channel is one).
     pub fn with_dialect(mesh: Mesh, settings: ClientSettings, dialect: D) -> Self {
+        if let Some(t) = &settings.telemetry {
+            t.track_mesh(&mesh);
+            if let Some(store) = &settings.tls {
+                t.track_tls(store);
+            }
+        }
         Self {
             inner: Arc::new(Inner {
                 mesh,
@@ -229,8 +236,7 @@ where
     /// Sends a request (the same call as hyper-util's `Client::request`).
     pub fn request(&self, mut req: Request<B>) -> ResponseFuture<B, D> {
         if let Err(e) = prepare(&mut req) {
-            tracing::debug!(error = %e, "request not routable");
-            return ResponseFuture::failed(e);
+            return self.unroutable(e);
         }
         let authority = req
             .uri()
@@ -243,11 +249,22 @@ where
         }
         match self.destination(authority) {
             Ok(dest) => Self::route(&dest, req),
-            Err(e) => {
-                tracing::debug!(error = %e, "request not routable");
-                ResponseFuture::failed(e)
-            }
+            Err(e) => self.unroutable(e),
         }
+    }
+
+    /// Fails a request that no destination could take, counting it.
+    fn unroutable(&self, e: Error) -> ResponseFuture<B, D> {
+        tracing::debug!(error = %e, "request not routable");
+        if let Some(t) = &self.inner.settings.telemetry {
+            t.unroutable(match &e {
+                Error::MissingAuthority => Unroutable::MissingAuthority,
+                Error::UnsupportedScheme(_) => Unroutable::UnsupportedScheme,
+                Error::Policy { .. } => Unroutable::Policy,
+                _ => Unroutable::Resolve,
+            });
+        }
+        ResponseFuture::failed(e)
     }
 
     fn route(dest: &Dest<B, D>, mut req: Request<B>) -> ResponseFuture<B, D> {
@@ -261,12 +278,18 @@ where
             .as_ref()
             .map(|m| future::Record::start(m, &dest.dialect));
         let span = tracing::debug_span!("mesh", service = %dest.name,
-            endpoint = tracing::field::Empty, attempt = 1u32, trace_id = tracing::field::Empty);
+            endpoint = tracing::field::Empty, attempt = 1u32, trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty, parent_id = tracing::field::Empty);
         if span.is_disabled() {
             return ResponseFuture::routed(dest.stack.call_shared(req), None, record);
         }
         if let Some(trace) = trace {
+            // The span id sent downstream: the next hop's `inbound` span names it as parent.
             span.record("trace_id", tracing::field::display(trace.trace_id()));
+            span.record("span_id", tracing::field::display(trace.span_id()));
+            if let Some(parent) = trace.parent_id() {
+                span.record("parent_id", tracing::field::display(parent));
+            }
         }
         let fut = {
             let _enter = span.enter();

@@ -45,7 +45,7 @@ pub use self::{
     rate_limit::{RateLimit, RateLimitLayer, RateLimitRule, RateLimited},
     serve::{WithPeer, serve},
     trace_context::{
-        PropagateTrace, TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceContextLayer,
-        incoming_trace_context,
+        PropagateFuture, PropagateTrace, TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceBody,
+        TraceContextLayer, incoming_trace_context,
     },
 };

@@ -11,7 +11,7 @@ use mesh_core::{
     identity::PeerIdentity,
     trace_context::{TraceContext, sync_scope},
 };
-use mesh_hyper::server::incoming_trace_context;
+use mesh_hyper::server::{TraceBody, incoming_trace_context};
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tower::Layer;
@@ -62,7 +62,7 @@ where
     S: Service<http::Request<B>, Response = http::Response<R>>,
     S::Error: std::fmt::Display,
 {
-    type Response = S::Response;
+    type Response = http::Response<TraceBody<R>>;
     type Error = S::Error;
     type Future = TaskLocalFuture<TraceContext, TraceFuture<S::Future>>;
 
@@ -78,35 +78,45 @@ where
             method = req.uri().path(),
             caller = tracing::field::Empty,
             trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_id = tracing::field::Empty,
         );
         if span.is_disabled() {
             let fut = sync_scope(ctx.clone(), || self.inner.call(req));
-            return ctx.scope(TraceFuture {
+            return ctx.clone().scope(TraceFuture {
                 state: State::Off { fut },
+                ctx: Some(ctx),
             });
         }
         if let Some(PeerIdentity(Some(id))) = req.extensions().get::<PeerIdentity>() {
             span.record("caller", id.as_str());
         }
         span.record("trace_id", tracing::field::display(ctx.trace_id()));
+        span.record("span_id", tracing::field::display(ctx.span_id()));
+        if let Some(parent) = ctx.parent_id() {
+            span.record("parent_id", tracing::field::display(parent));
+        }
         let fut = {
             let _enter = span.enter();
             sync_scope(ctx.clone(), || self.inner.call(req))
         };
-        ctx.scope(TraceFuture {
+        ctx.clone().scope(TraceFuture {
             state: State::On {
                 fut: fut.instrument(span),
                 start: Instant::now(),
             },
+            ctx: Some(ctx),
         })
     }
 }
 
 pin_project! {
-    /// Response future of [`Trace`].
+    /// Response future of [`Trace`]; the response body is produced in the call's trace
+    /// context too (a server stream whose items make mesh calls continues the trace).
     pub struct TraceFuture<F> {
         #[pin]
         state: State<F>,
+        ctx: Option<TraceContext>,
     }
 }
 
@@ -123,11 +133,12 @@ where
     F: Future<Output = Result<http::Response<R>, E>>,
     E: std::fmt::Display,
 {
-    type Output = F::Output;
+    type Output = Result<http::Response<TraceBody<R>>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        match self.project().state.project() {
-            StateProj::Off { fut } => fut.poll(cx),
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = match this.state.project() {
+            StateProj::Off { fut } => ready!(fut.poll(cx)),
             StateProj::On { mut fut, start } => {
                 let out = ready!(fut.as_mut().poll(cx));
                 let _enter = fut.span().enter();
@@ -146,8 +157,10 @@ where
                     },
                     Err(e) => tracing::debug!(?elapsed, error = %e, "call errored"),
                 }
-                Poll::Ready(out)
+                out
             }
-        }
+        };
+        let ctx = this.ctx.take();
+        Poll::Ready(out.map(|rsp| rsp.map(|body| TraceBody::new(body, ctx))))
     }
 }
