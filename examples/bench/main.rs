@@ -11,7 +11,8 @@
 //! - `overhead`: `raw` (hyper-util client → backend), `mesh` (mesh client, full default stack
 //!   with telemetry: metrics and W3C trace context → backend), `mesh-no-telemetry` (the same
 //!   without either), `haproxy` (hyper-util client → one HAProxy hop → backend), at concurrency
-//!   1 and 32.
+//!   1 and 32; on request (`--only`), `mesh-metrics-only` and `mesh-trace-only` split
+//!   telemetry's cost into its two halves.
 //! - `lb`: four backends, one 10x slower; `p2c-ewma`, `round-robin`, `oracle` (the three fast
 //!   ones only), concurrency 16.
 //! - `faults`: the default stack, concurrency 16, with extra columns `success_pct`,
@@ -129,7 +130,14 @@ async fn rounds(opts: &Opts, variants: &[Variant], concurrencies: &[usize]) -> V
     };
     let variants: Vec<&Variant> = variants
         .iter()
-        .filter(|v| opts.only.is_empty() || opts.only.contains(&v.name))
+        // Diagnostic variants (named `*-only`) run when `--only` names them, not by default.
+        .filter(|v| {
+            if opts.only.is_empty() {
+                !v.name.ends_with("-only")
+            } else {
+                opts.only.contains(&v.name)
+            }
+        })
         .collect();
     let mut runs = Vec::new();
     for round in 0..opts.rounds {

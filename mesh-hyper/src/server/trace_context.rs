@@ -19,8 +19,10 @@ use tracing::{Instrument, instrument::Instrumented};
 /// there is none, or it is malformed), and runs the handler with this hop's [`TraceContext`]
 /// as the task's current one: every [`MeshClient`](crate::MeshClient) request made while
 /// handling it carries the same trace id with this hop as parent, with no application code.
-/// The context is also in the request's extensions, and the handler runs in a `debug` span
-/// `inbound{trace_id, span_id}`.
+/// The response body is produced in the same context (a streaming body that makes mesh calls
+/// continues the trace). The context is also in the request's extensions, and the handler runs
+/// in a `debug` span `inbound{trace_id, span_id, parent_id}`; the client's `mesh` span records
+/// the `span_id` it sends, so the two link up in logs.
 ///
 /// ```
 /// use mesh_hyper::server::TraceContextLayer;
