@@ -56,12 +56,29 @@ fn round_robin() -> ServiceConfig {
     }
 }
 
-async fn serve_admin(registry: Registry, telemetry: Telemetry) -> SocketAddr {
+/// Serves `svc` on a free loopback port with the mesh's server loop.
+async fn spawn_server<S, B>(acceptor: Acceptor, svc: S) -> SocketAddr
+where
+    S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let admin = AdminService::new(Arc::new(registry), telemetry);
-    tokio::spawn(serve(listener, Acceptor::plaintext(), admin));
+    tokio::spawn(serve(listener, acceptor, svc));
     addr
+}
+
+async fn serve_admin(registry: Registry, telemetry: Telemetry) -> SocketAddr {
+    let admin = AdminService::new(Arc::new(registry), telemetry);
+    spawn_server(Acceptor::plaintext(), admin).await
 }
 
 /// A plain (non-mesh) GET to the admin port.
@@ -111,10 +128,7 @@ async fn authz_server(telemetry: &Telemetry) -> SocketAddr {
     let svc = ServiceBuilder::new()
         .layer(AuthzLayer::new(Arc::new(authz)).with_telemetry(telemetry.clone()))
         .service(app);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, Acceptor::plaintext(), svc));
-    addr
+    spawn_server(Acceptor::plaintext(), svc).await
 }
 
 #[tokio::test]
@@ -388,10 +402,7 @@ async fn hop_with_state(seen: Arc<Mutex<Vec<String>>>, state: Arc<Mutex<String>>
             Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, Acceptor::plaintext(), app));
-    addr
+    spawn_server(Acceptor::plaintext(), app).await
 }
 
 /// A hyper server that records the `traceparent` it receives and, if `downstream` is set,
@@ -424,10 +435,7 @@ async fn hop(
     let svc = ServiceBuilder::new()
         .layer(TraceContextLayer::new())
         .service(app);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, Acceptor::plaintext(), svc));
-    addr
+    spawn_server(Acceptor::plaintext(), svc).await
 }
 
 #[tokio::test]
@@ -536,9 +544,7 @@ async fn a_streaming_response_body_continues_the_trace() {
     let svc = ServiceBuilder::new()
         .layer(TraceContextLayer::new())
         .service(app);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let b = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, Acceptor::plaintext(), svc));
+    let b = spawn_server(Acceptor::plaintext(), svc).await;
 
     let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut req = get(&format!("http://{b}/"));
@@ -636,8 +642,6 @@ async fn config_reloads_rejections_and_unroutable_requests_are_counted() {
 async fn tls_handshakes_are_counted_by_side_and_failure_reason() {
     let pki = common::pki::Pki::new();
     let server_store = pki.store("reviews", "reviews");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = listener.local_addr().unwrap();
     let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
     });
@@ -646,7 +650,7 @@ async fn tls_handshakes_are_counted_by_side_and_failure_reason() {
         mesh::core::tls::ServerTlsMode::Strict,
     )
     .unwrap();
-    tokio::spawn(serve(listener, acceptor, app));
+    let server = spawn_server(acceptor, app).await;
     let mut registry = Registry::default();
     let telemetry = Telemetry::new(&mut registry);
     telemetry.track_tls(&server_store);
