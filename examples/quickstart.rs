@@ -1,6 +1,6 @@
 //! mesh in one screen: three backends, a meshed hyper client that calls the logical name
-//! `reviews.default:9080`, the spread of requests over the endpoints, and an endpoint removed
-//! live by editing the endpoints file.
+//! `reviews.default:9080`, the spread of requests over the endpoints, an endpoint removed
+//! live by editing the endpoints file, and what the admin endpoint's `/metrics` says about it.
 //!
 //! ```text
 //! cargo run --release --example quickstart
@@ -12,7 +12,17 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use mesh::{core::Mesh, hyper::MeshClient};
+use mesh::{
+    core::{
+        Mesh,
+        telemetry::{Registry, Telemetry},
+    },
+    hyper::{
+        ClientSettings, MeshClient,
+        admin::AdminService,
+        server::{Acceptor, serve},
+    },
+};
 use tokio::net::TcpListener;
 
 /// A backend that answers with its name.
@@ -88,11 +98,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let file = dir.path().join("endpoints.yaml");
     std::fs::write(&file, endpoints_file(&[(v1, "v1"), (v2, "v2"), (v3, "v3")]))?;
 
+    // Metrics go to the application's own registry, served by the admin endpoint.
+    let mut registry = Registry::default();
+    let telemetry = Telemetry::new(&mut registry);
+    let admin = TcpListener::bind("127.0.0.1:0").await?;
+    let admin_addr = admin.local_addr()?;
+    tokio::spawn(serve(
+        admin,
+        Acceptor::plaintext(),
+        AdminService::new(std::sync::Arc::new(registry), telemetry.clone()),
+    ));
+
     // The one line that makes a hyper client a mesh client.
-    let client = MeshClient::new(
+    let client = MeshClient::with_settings(
         Mesh::builder()
             .endpoints_file(&file, Default::default())
             .build()?,
+        ClientSettings {
+            telemetry: Some(telemetry),
+            ..Default::default()
+        },
     );
 
     println!(
@@ -108,6 +133,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("300 more requests:");
     for (who, n) in spread(&client, 300).await {
         println!("  {who:<12} {n:>4}");
+    }
+
+    // The same story from http://{admin}/metrics (and /mesh/debug for the JSON snapshot),
+    // fetched with a client of its own so that the scrape does not show in what it reads.
+    let metrics = MeshClient::<Empty<Bytes>>::new(Mesh::builder().build()?)
+        .request(
+            Request::get(format!("http://{admin_addr}/metrics"))
+                .body(Empty::new())
+                .expect("valid request"),
+        )
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    println!(
+        "
+from http://{admin_addr}/metrics:"
+    );
+    for line in String::from_utf8_lossy(&metrics).lines().filter(|l| {
+        l.starts_with("mesh_client_requests_total")
+            || l.starts_with("mesh_endpoint_responses_total")
+            || l.starts_with("mesh_config_reloads_total")
+    }) {
+        println!("  {line}");
     }
     Ok(())
 }
