@@ -386,6 +386,19 @@ async fn the_debug_snapshot_shows_an_ejection_within_a_second() {
     assert_eq!(m.get("mesh_endpoint_responses_total", &failures), Some(5.0));
 }
 
+/// A mesh client whose service `c.test:80` is the one endpoint `c`.
+fn client_of_c(c: SocketAddr) -> MeshClient<Empty<Bytes>> {
+    let mesh = Mesh::builder()
+        .service(
+            "c.test:80",
+            StaticSource::new(vec![Endpoint::new(c)]).unwrap(),
+        )
+        .without_dns_fallback()
+        .build()
+        .unwrap();
+    MeshClient::new(mesh)
+}
+
 /// A last hop that records `traceparent` and `tracestate`.
 async fn hop_with_state(seen: Arc<Mutex<Vec<String>>>, state: Arc<Mutex<String>>) -> SocketAddr {
     let app = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -444,17 +457,9 @@ async fn trace_context_crosses_a_two_hop_http_chain() {
     let (at_b, at_c) = (Arc::default(), Arc::default());
     let seen_state_c: Arc<Mutex<String>> = Arc::default();
     let c = hop_with_state(Arc::clone(&at_c), Arc::clone(&seen_state_c)).await;
-    let c_mesh = Mesh::builder()
-        .service(
-            "c.test:80",
-            StaticSource::new(vec![Endpoint::new(c)]).unwrap(),
-        )
-        .without_dns_fallback()
-        .build()
-        .unwrap();
     let b = hop(
         Arc::clone(&at_b),
-        Some((MeshClient::new(c_mesh), "http://c.test/work".into())),
+        Some((client_of_c(c), "http://c.test/work".into())),
     )
     .await;
     let plain = MeshClient::<Empty<Bytes>>::with_settings(
@@ -522,15 +527,7 @@ async fn a_streaming_response_body_continues_the_trace() {
     // is made while hyper polls the body, after the handler's future has finished.
     let at_c: Arc<Mutex<Vec<String>>> = Arc::default();
     let c = hop_with_state(Arc::clone(&at_c), Arc::default()).await;
-    let c_mesh = Mesh::builder()
-        .service(
-            "c.test:80",
-            StaticSource::new(vec![Endpoint::new(c)]).unwrap(),
-        )
-        .without_dns_fallback()
-        .build()
-        .unwrap();
-    let client = MeshClient::<Empty<Bytes>>::new(c_mesh);
+    let client = client_of_c(c);
     let app = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
         let client = client.clone();
         async move {

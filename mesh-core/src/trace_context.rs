@@ -196,6 +196,17 @@ impl TraceContext {
         b
     }
 
+    /// Records `trace_id`, `span_id` and `parent_id` (when there is one) on `span`, whose
+    /// fields must have been declared (`tracing::field::Empty`): how the mesh's client and server
+    /// spans link up across hops.
+    pub fn record_on(&self, span: &tracing::Span) {
+        span.record("trace_id", tracing::field::display(self.trace_id()));
+        span.record("span_id", tracing::field::display(self.span_id()));
+        if let Some(parent) = self.parent_id() {
+            span.record("parent_id", tracing::field::display(parent));
+        }
+    }
+
     /// The context of the request the current task is handling, if a mesh server layer (or
     /// [`scope`](Self::scope)) set one.
     pub fn current() -> Option<TraceContext> {

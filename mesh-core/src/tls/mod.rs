@@ -270,6 +270,9 @@ impl HandshakeFailure {
     /// Classifies the error a rustls stream returned from its handshake.
     pub fn of(error: &std::io::Error) -> Self {
         use rustls::{CertificateError as C, Error as E};
+        if IdentityMismatch::find_in(error).is_some() {
+            return Self::IdentityMismatch;
+        }
         let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
             return Self::Io;
         };
@@ -279,11 +282,6 @@ impl HandshakeFailure {
             E::InvalidCertificate(C::Expired | C::NotValidYet)
             | E::InvalidCertificate(C::ExpiredContext { .. })
             | E::InvalidCertificate(C::NotValidYetContext { .. }) => Self::Expired,
-            E::InvalidCertificate(C::Other(other))
-                if other.0.downcast_ref::<IdentityMismatch>().is_some() =>
-            {
-                Self::IdentityMismatch
-            }
             E::InvalidCertificate(_) => Self::BadCertificate,
             E::AlertReceived(_) => Self::PeerAlert,
             _ => Self::Protocol,

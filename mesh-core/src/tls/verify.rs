@@ -30,6 +30,36 @@ pub struct IdentityMismatch {
     pub actual: Option<SpiffeId>,
 }
 
+impl IdentityMismatch {
+    /// Finds a mismatch in an error's source chain, through `io::Error`s and the rustls
+    /// certificate error the verifier returns it in.
+    pub fn find_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a IdentityMismatch> {
+        let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(m) = err.downcast_ref::<IdentityMismatch>() {
+                return Some(m);
+            }
+            if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) =
+                err.downcast_ref::<rustls::Error>()
+            {
+                if let Some(m) = other.0.downcast_ref::<IdentityMismatch>() {
+                    return Some(m);
+                }
+            }
+            if let Some(inner) = err
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                if let Some(m) = Self::find_in(inner) {
+                    return Some(m);
+                }
+            }
+            cur = err.source();
+        }
+        None
+    }
+}
+
 /// Verifies servers: chain to the current bundle, then the SPIFFE ID.
 pub(crate) struct SpiffeServerVerifier {
     store: Arc<Inner>,

@@ -24,7 +24,7 @@ use hyper_util::{
 use mesh_core::{
     Protocol, ServiceName,
     classify::ServedBy,
-    tls::{TlsSide, TlsStore},
+    tls::{IdentityMismatch, TlsSide, TlsStore},
 };
 use rustls::pki_types::ServerName;
 
@@ -231,7 +231,7 @@ impl<B, D: Dialect> Future for EndpointFuture<B, D> {
             })
             .map_err(|source| {
                 let (service, endpoint) = (self.endpoint.service.clone(), self.endpoint.addr);
-                if let Some(mismatch) = super::tls::identity_mismatch(&source) {
+                if let Some(mismatch) = IdentityMismatch::find_in(&source).cloned() {
                     tracing::debug!(%service, %endpoint, error = %mismatch, "server identity mismatch");
                     return Error::IdentityMismatch {
                         service,

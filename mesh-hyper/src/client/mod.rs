@@ -285,11 +285,7 @@ where
         }
         if let Some(trace) = trace {
             // The span id sent downstream: the next hop's `inbound` span names it as parent.
-            span.record("trace_id", tracing::field::display(trace.trace_id()));
-            span.record("span_id", tracing::field::display(trace.span_id()));
-            if let Some(parent) = trace.parent_id() {
-                span.record("parent_id", tracing::field::display(parent));
-            }
+            trace.record_on(&span);
         }
         let fut = {
             let _enter = span.enter();

@@ -1,7 +1,6 @@
 //! The endpoint connection: plain TCP, or mTLS verifying the endpoint's SPIFFE ID.
 
 use std::{
-    error::Error as StdError,
     io,
     pin::Pin,
     task::{Context, Poll},
@@ -12,7 +11,6 @@ use hyper_util::{
     client::legacy::connect::{Connected, Connection},
     rt::TokioIo,
 };
-use mesh_core::tls::IdentityMismatch;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -97,30 +95,4 @@ impl Write for EndpointStream {
             EndpointStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
-}
-
-/// Finds an [`IdentityMismatch`] in an error's source chain (through io and rustls errors).
-pub(crate) fn identity_mismatch(e: &(dyn StdError + 'static)) -> Option<IdentityMismatch> {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(m) = err.downcast_ref::<IdentityMismatch>() {
-            return Some(m.clone());
-        }
-        if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
-            err.downcast_ref::<rustls::Error>()
-        {
-            if let Some(m) = other.0.downcast_ref::<IdentityMismatch>() {
-                return Some(m.clone());
-            }
-        }
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(m) = identity_mismatch(inner) {
-                    return Some(m);
-                }
-            }
-        }
-        cur = err.source();
-    }
-    None
 }

@@ -128,11 +128,7 @@ pub(crate) fn inbound_span(ctx: &TraceContext) -> tracing::Span {
         parent_id = tracing::field::Empty,
     );
     if !span.is_disabled() {
-        span.record("trace_id", tracing::field::display(ctx.trace_id()));
-        span.record("span_id", tracing::field::display(ctx.span_id()));
-        if let Some(parent) = ctx.parent_id() {
-            span.record("parent_id", tracing::field::display(parent));
-        }
+        ctx.record_on(&span);
     }
     span
 }

@@ -91,11 +91,7 @@ where
         if let Some(PeerIdentity(Some(id))) = req.extensions().get::<PeerIdentity>() {
             span.record("caller", id.as_str());
         }
-        span.record("trace_id", tracing::field::display(ctx.trace_id()));
-        span.record("span_id", tracing::field::display(ctx.span_id()));
-        if let Some(parent) = ctx.parent_id() {
-            span.record("parent_id", tracing::field::display(parent));
-        }
+        ctx.record_on(&span);
         let fut = {
             let _enter = span.enter();
             sync_scope(ctx.clone(), || self.inner.call(req))
