@@ -103,6 +103,18 @@ impl<B: RequestBody, D: Dialect> Dest<B, D> {
                 "MUTUAL needs a TLS identity: set ClientSettings::tls",
             )));
         }
+        if let Some(store) = settings.tls.as_ref()
+            && config.tls.mode != ClientTlsMode::Disable
+        {
+            // Refuse a destination whose mTLS could not be set up, here, with the reason,
+            // rather than failing every connection later.
+            store.client_config(None, &[]).map_err(|e| {
+                policy_error(PolicyError::new(
+                    "tls",
+                    format!("cannot build a TLS client configuration: {e}"),
+                ))
+            })?;
+        }
         let targets = Arc::new(Targets {
             service: name.clone(),
             protocol,
@@ -222,14 +234,14 @@ fn tls_target(
         Protocol::Http2 => &[mesh_core::tls::ALPN_H2],
         Protocol::Http1 => &[mesh_core::tls::ALPN_HTTP11],
     };
-    let config = match store.client_config(expected.clone(), alpn) {
-        Ok(c) => c,
+    let connector = match store.client_config(expected.clone(), alpn) {
+        Ok(config) => Ok(tokio_rustls::TlsConnector::from(config)),
         Err(e) => {
-            // The store's material was validated when loaded; this would be a rustls refusal of
-            // the protocol versions. Connecting in plaintext instead would be wrong: fail the
-            // endpoint's connections by giving it a config that cannot verify anything.
+            // The store's material was validated when loaded and `Dest::build` checked that a
+            // configuration can be built, so this is not expected. Connecting in plaintext
+            // instead would be wrong: the endpoint's connections fail with the reason.
             tracing::error!(%service, endpoint = %endpoint.addr, error = %e, "cannot build TLS client configuration");
-            return None;
+            Err(Arc::from(e.to_string()))
         }
     };
     // The verifier checks the SPIFFE ID, not names; the service host is sent as SNI when it is
@@ -238,7 +250,7 @@ fn tls_target(
         .unwrap_or_else(|_| ServerName::IpAddress(endpoint.addr.ip().into()));
     tracing::debug!(%service, endpoint = %endpoint.addr, expected = ?expected, "endpoint uses mTLS");
     Some(TlsTarget {
-        connector: tokio_rustls::TlsConnector::from(config),
+        connector,
         server_name,
         store: store.clone(),
     })

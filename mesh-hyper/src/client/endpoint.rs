@@ -61,7 +61,9 @@ struct ConnectorInner {
 
 /// How to do mTLS to one endpoint.
 pub(crate) struct TlsTarget {
-    pub(crate) connector: tokio_rustls::TlsConnector,
+    /// The rustls connector, or why none could be built: the endpoint must be reached over
+    /// mTLS, so its connections then fail with that reason (never fall back to plaintext).
+    pub(crate) connector: Result<tokio_rustls::TlsConnector, Arc<str>>,
     pub(crate) server_name: ServerName<'static>,
     pub(crate) store: TlsStore,
 }
@@ -86,9 +88,10 @@ impl Service<Uri> for EndpointConnector {
             let Some(tls) = &inner.tls else {
                 return Ok(EndpointStream::Plain(tcp));
             };
-            let handshake = tls
-                .connector
-                .connect(tls.server_name.clone(), tcp.into_inner());
+            let connector = tls.connector.as_ref().map_err(|reason| {
+                std::io::Error::other(format!("no TLS client configuration: {reason}"))
+            })?;
+            let handshake = connector.connect(tls.server_name.clone(), tcp.into_inner());
             let stream = match tokio::time::timeout(inner.handshake_timeout, handshake).await {
                 Ok(r) => r,
                 Err(_) => Err(std::io::Error::new(
