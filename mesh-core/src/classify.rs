@@ -131,9 +131,11 @@ pub trait Classify<T, E> {
     }
 
     /// For a response whose outcome is only known when its body ends (a gRPC response with
-    /// headers: its status comes in the trailers), stores `outcome()` in it and returns `true`;
-    /// the protocol crate reports the final class through it. The default (`false`): the
-    /// class of the response head is final.
+    /// headers: its status comes in the trailers), stores `outcome()` in it (with
+    /// [`LateOutcome::attach`], so that every layer that defers — the balancer's outlier
+    /// detection, the service breaker — hears the final class) and returns `true`; the protocol
+    /// crate reports the final class through it. The default (`false`): the class of the
+    /// response head is final.
     fn defer_outcome(&self, _response: &mut T, _outcome: &mut dyn FnMut() -> LateOutcome) -> bool {
         false
     }
@@ -164,6 +166,16 @@ pub trait Report: Send + Sync + 'static {
 /// outcome.report(ResponseClass::Success); // ignored: already reported
 /// drop(outcome);
 /// assert_eq!(*seen.lock().unwrap(), vec![Some(ResponseClass::Failure(FailureKind::Grpc(14)))]);
+///
+/// // Two layers attach theirs to one response; the body's report reaches both.
+/// let (a, b) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(None)));
+/// let mut ext = http::Extensions::new();
+/// let (la, lb) = (a.clone(), b.clone());
+/// LateOutcome::new(move |c| *la.lock().unwrap() = Some(c)).attach(&mut ext);
+/// LateOutcome::new(move |c| *lb.lock().unwrap() = Some(c)).attach(&mut ext);
+/// ext.remove::<LateOutcome>().unwrap().report(ResponseClass::Success);
+/// assert_eq!(*a.lock().unwrap(), Some(Some(ResponseClass::Success)));
+/// assert_eq!(*b.lock().unwrap(), Some(Some(ResponseClass::Success)));
 /// ```
 #[derive(Clone)]
 pub struct LateOutcome(std::sync::Arc<Once<dyn Report>>);
@@ -217,6 +229,31 @@ impl LateOutcome {
     /// Reports the final class (only the first report counts).
     pub fn report(&self, class: ResponseClass) {
         self.0.fire(Some(class));
+    }
+
+    /// One outcome that reports to both: the final class to each, or, when abandoned, `None`
+    /// to each (they are dropped with it).
+    pub fn join(self, other: LateOutcome) -> LateOutcome {
+        struct Both(LateOutcome, LateOutcome);
+        impl Report for Both {
+            fn report(&self, class: Option<ResponseClass>) {
+                if let Some(class) = class {
+                    self.0.report(class);
+                    self.1.report(class);
+                }
+            }
+        }
+        Self::from_report(Both(self, other))
+    }
+
+    /// Stores this outcome in a response's extensions, joined with one a lower layer already
+    /// stored there (replacing it would report that one as abandoned).
+    pub fn attach(self, extensions: &mut http::Extensions) {
+        let joined = match extensions.remove::<LateOutcome>() {
+            Some(earlier) => earlier.join(self),
+            None => self,
+        };
+        extensions.insert(joined);
     }
 }
 

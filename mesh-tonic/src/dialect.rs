@@ -65,7 +65,7 @@ impl Classify<Response<Incoming>, Error> for Grpc {
         if rsp.status() != StatusCode::OK || rsp.headers().contains_key(&GRPC_STATUS) {
             return false;
         }
-        rsp.extensions_mut().insert(outcome());
+        outcome().attach(rsp.extensions_mut());
         true
     }
 }

@@ -17,6 +17,7 @@ use mesh::{
         Endpoint, Mesh, ServiceConfig, ServiceName,
         authz::{Action, AuthorizationPolicy, Authorizer, From, Rule, Source},
         balance::{BalanceConfig, LbPolicy},
+        breaker::{BreakerPolicy, BreakerState},
         discover::{StaticSource, health::HealthCheckPolicy},
         outlier::OutlierDetection,
         telemetry::{Registry, Telemetry},
@@ -433,6 +434,53 @@ async fn failing_statuses_in_trailers_eject_the_endpoint() {
     let bad_stats = stats.endpoints.iter().find(|e| e.addr == bad.addr).unwrap();
     assert_eq!(format!("{:?}", bad_stats.health), "Ejected");
     assert_eq!(stats.retries.retries, 0);
+}
+
+#[tokio::test]
+async fn failing_statuses_in_trailers_open_the_breaker_and_still_eject() {
+    // Both the service breaker and outlier detection wait for the trailers: each must hear
+    // every final status (one deferred outcome must not replace the other).
+    let bad = plain("bad").await;
+    bad.behaviour.mode.store(UNAVAILABLE, Ordering::SeqCst);
+    let config = ServiceConfig {
+        breaker: Some(BreakerPolicy {
+            window_size: 4,
+            minimum_calls: 4,
+            wait_in_open: Duration::from_secs(60),
+            ..BreakerPolicy::default()
+        }),
+        balance: BalanceConfig {
+            outlier_detection: Some(OutlierDetection {
+                consecutive_failures: Some(4),
+                success_rate: None,
+                // One endpoint of one: let it be ejected all the same.
+                max_ejection_percent: 100,
+                ..OutlierDetection::default()
+            }),
+            ..BalanceConfig::default()
+        },
+        ..ServiceConfig::default()
+    };
+    let client = grpc(eps(&[&bad]), config);
+    let mut reviews = reviews(&client);
+    for i in 0..4 {
+        let mut stream = reviews.watch_reviews(req(i)).await.unwrap().into_inner();
+        assert_eq!(stream.message().await.unwrap().unwrap().reviewer, "bad");
+        let status = stream.message().await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    let stats = client.stats(&name()).unwrap();
+    assert_eq!(stats.breaker, Some(BreakerState::Open));
+    let bad_stats = stats.endpoints.iter().find(|e| e.addr == bad.addr).unwrap();
+    assert_eq!(format!("{:?}", bad_stats.health), "Ejected");
+    let status = reviews.watch_reviews(req(9)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("circuit breaker"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(bad.behaviour.hits(), 4, "an open breaker sends nothing");
 }
 
 #[tokio::test]

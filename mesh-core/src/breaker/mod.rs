@@ -11,6 +11,10 @@
 //! - **half-open**: `halfOpenCalls` trial calls pass (others are refused); if their failure rate
 //!   is below the threshold it closes, otherwise it opens again.
 //!
+//! An outcome is what the [`Classify`] of the protocol says: for gRPC, a status that comes in
+//! the trailers is recorded when the response body ends (see
+//! [`LateOutcome`](crate::classify::LateOutcome)), like outlier detection does.
+//!
 //! Defaults are Resilience4j's: threshold 50 %, window 100 calls, minimum 100 calls, 60 s open,
 //! 10 trial calls. Every state change is a `warn` (opening) or `info` event. Not in the default
 //! stack; enable it per service with `ServiceConfig::breaker`.
@@ -45,7 +49,11 @@ use serde::{Deserialize, Serialize};
 use tower::Layer;
 use tower_service::Service;
 
-use crate::{ServiceName, classify::Classify, policy_error::PolicyError};
+use crate::{
+    ServiceName,
+    classify::{Classify, LateOutcome, Report, ResponseClass},
+    policy_error::PolicyError,
+};
 
 /// Breaker settings (Resilience4j's names and defaults).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -397,6 +405,22 @@ impl<C> Drop for Guard<C> {
     }
 }
 
+/// Where a deferred outcome goes: the breaker's window (or its half-open trials).
+struct Late<C> {
+    shared: Arc<Shared<C>>,
+    trial: bool,
+}
+
+impl<C: Send + Sync + 'static> Report for Late<C> {
+    fn report(&self, class: Option<ResponseClass>) {
+        match class {
+            Some(class) => self.shared.record(self.trial, class.is_endpoint_failure()),
+            None if self.trial => self.shared.abandon_trial(),
+            None => {}
+        }
+    }
+}
+
 pin_project! {
     /// Response future of [`Breaker`].
     pub struct ResponseFuture<F, C, E> {
@@ -417,7 +441,7 @@ pin_project! {
 impl<F, C, T, E> Future for ResponseFuture<F, C, E>
 where
     F: Future<Output = Result<T, E>>,
-    C: Classify<T, E>,
+    C: Classify<T, E> + Send + Sync + 'static,
 {
     type Output = Result<T, E>;
 
@@ -425,15 +449,26 @@ where
         match self.project().state.project() {
             FutProj::Pass { fut } => fut.poll(cx),
             FutProj::Tracked { fut, guard } => {
-                let out = ready!(fut.poll(cx));
+                let mut out = ready!(fut.poll(cx));
                 if let Some(mut g) = guard.take() {
-                    let failed = g
-                        .shared
-                        .classifier
-                        .classify(out.as_ref())
-                        .is_endpoint_failure();
-                    g.shared.record(g.trial, failed);
-                    g.trial = false; // recorded: not abandoned
+                    let class = g.shared.classifier.classify(out.as_ref());
+                    let deferred = match (&mut out, class) {
+                        // A gRPC response whose status comes in its trailers: recorded when
+                        // the body ends (a trial abandoned with the body gives its place back).
+                        (Ok(rsp), ResponseClass::Success) => {
+                            g.shared.classifier.defer_outcome(rsp, &mut || {
+                                LateOutcome::from_report(Late {
+                                    shared: g.shared.clone(),
+                                    trial: g.trial,
+                                })
+                            })
+                        }
+                        _ => false,
+                    };
+                    if !deferred {
+                        g.shared.record(g.trial, class.is_endpoint_failure());
+                    }
+                    g.trial = false; // recorded, or handed over to the late report
                 }
                 Poll::Ready(out)
             }
