@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `grpc-status: 0` in the response headers | success |
 //! | `grpc-status: N` (N ≠ 0) in the response headers (trailers-only response) | `Failure(Grpc(N))`, final |
-//! | HTTP 200 without `grpc-status` (a normal response: the status comes in the trailers) | success *for now*: the balancer's [`LateOutcome`] is handed to the response body, which reports the trailers' status to outlier ejection |
+//! | HTTP 200 without `grpc-status` (a normal response: the status comes in the trailers) | success *for now*: a [`LateOutcome`] (the balancer's and the breaker's, joined) is handed to the response body, which reports the trailers' status to outlier ejection and the service breaker |
 //! | another HTTP status | `Failure(Grpc(code))` with gRPC's HTTP-to-gRPC mapping (503 → `UNAVAILABLE`) |
 //! | transport errors | as mesh-hyper classifies them (connect failure, refused stream, ...) |
 //!
