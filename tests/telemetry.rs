@@ -24,13 +24,14 @@ use mesh::{
         discover::StaticSource,
         limit::LimitPolicy,
         outlier::OutlierDetection,
+        retry::RetryPolicy,
         telemetry::{Registry, Telemetry},
         trace_context::TraceContext,
     },
     hyper::{
         ClientSettings, MeshClient,
         admin::AdminService,
-        server::{Acceptor, AuthzLayer, TraceContextLayer, serve},
+        server::{Acceptor, AuthzLayer, MetricsLayer, TraceContextLayer, serve},
     },
 };
 use tower::ServiceBuilder;
@@ -706,4 +707,124 @@ async fn tls_handshakes_are_counted_by_side_and_failure_reason() {
     assert_eq!(handshakes(&server_id, "server", "ok"), Some(1.0));
     // The refused server saw the client abort with an alert.
     assert!(handshakes(&server_id, "server", "peer_alert").unwrap_or(0.0) >= 1.0);
+}
+
+#[tokio::test]
+async fn servers_count_inbound_requests_by_caller_identity_and_status() {
+    // An mTLS server with the metrics layer outermost: answered, failed and denied requests
+    // are all counted under the caller's verified SPIFFE ID.
+    let pki = common::pki::Pki::new();
+    let mut registry = Registry::default();
+    let telemetry = Telemetry::new(&mut registry);
+    let authz = Authorizer::new(vec![AuthorizationPolicy {
+        name: "public-and-fail".into(),
+        action: Action::Allow,
+        rules: vec![Rule {
+            from: vec![],
+            to: vec![To {
+                operation: Operation {
+                    paths: vec!["/public".into(), "/fail".into()],
+                    methods: vec![],
+                },
+            }],
+        }],
+    }])
+    .unwrap();
+    let app = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+        let mut rsp = http::Response::new(Full::new(Bytes::from("ok")));
+        if req.uri().path() == "/fail" {
+            *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        }
+        Ok::<_, Infallible>(rsp)
+    });
+    let svc = ServiceBuilder::new()
+        .layer(MetricsLayer::new(telemetry.clone()))
+        .layer(AuthzLayer::new(Arc::new(authz)).with_telemetry(telemetry.clone()))
+        .service(app);
+    let acceptor = Acceptor::new(
+        Some(pki.store("reviews", "reviews")),
+        mesh::core::tls::ServerTlsMode::Strict,
+    )
+    .unwrap();
+    let server = spawn_server(acceptor, svc).await;
+    let admin = serve_admin(registry, telemetry.clone()).await;
+    let mesh = Mesh::builder()
+        .service_with(
+            SVC,
+            StaticSource::new(vec![
+                Endpoint::new(server).identity(common::pki::id("reviews")),
+            ])
+            .unwrap(),
+            ServiceConfig {
+                retries: RetryPolicy::disabled(),
+                ..ServiceConfig::default()
+            },
+        )
+        .without_dns_fallback()
+        .build()
+        .unwrap();
+    let client = MeshClient::<Empty<Bytes>>::with_settings(
+        mesh,
+        ClientSettings {
+            tls: Some(pki.store("productpage", "productpage")),
+            ..ClientSettings::default()
+        },
+    );
+    for (path, status) in [
+        ("/public", 200),
+        ("/public", 200),
+        ("/fail", 503),
+        ("/private", 403),
+    ] {
+        let rsp = client
+            .request(get(&format!("http://{SVC}{path}")))
+            .await
+            .unwrap();
+        assert_eq!(rsp.status(), status, "{path}");
+        rsp.into_body().collect().await.unwrap();
+    }
+
+    let caller = common::pki::id("productpage").to_string();
+    assert!(
+        common::eventually(Duration::from_secs(5), async || {
+            telemetry
+                .snapshot()
+                .inbound
+                .iter()
+                .all(|c| c.in_flight == 0)
+        })
+        .await
+    );
+    let m = scrape(admin).await;
+    let responses = |status: &str, outcome: &str| {
+        m.get(
+            "mesh_server_responses_total",
+            &[
+                ("caller", caller.as_str()),
+                ("status", status),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(responses("2xx", "success"), Some(2.0));
+    assert_eq!(responses("5xx", "failure"), Some(1.0));
+    assert_eq!(responses("4xx", "success"), Some(1.0), "the denial");
+    assert_eq!(
+        m.get(
+            "mesh_server_response_latency_seconds_count",
+            &[("caller", caller.as_str())]
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        m.get("mesh_server_in_flight", &[("caller", caller.as_str())]),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.get(
+            "mesh_server_requests_total",
+            &[("caller", caller.as_str()), ("decision", "deny")]
+        ),
+        Some(1.0)
+    );
 }

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod classify;
 pub mod client;
 mod error;
+pub mod grpc;
 pub mod server;
 
 pub use self::{

@@ -21,14 +21,12 @@
 //! assert_eq!(grpc_status_of(rsp.headers()), Some(14));
 //! ```
 
-use http::{HeaderMap, HeaderName};
 use mesh_hyper::Error;
 use tonic::{Code, Status};
 
-/// The `grpc-status` header.
-pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-/// The `grpc-message` header.
-pub static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// The `grpc-status` and `grpc-message` headers, reading a status off headers or trailers, and
+/// the HTTP-to-gRPC code mapping (shared with mesh-hyper's server layers).
+pub use mesh_hyper::grpc::{GRPC_MESSAGE, GRPC_STATUS, code_from_http, grpc_status_of};
 
 /// gRPC code names, by code (0 to 16), as the service config and `grpc-status` docs spell them.
 pub use mesh_core::telemetry::GRPC_CODE_NAMES as CODE_NAMES;
@@ -48,32 +46,6 @@ pub fn code_name(code: u16) -> &'static str {
         .get(usize::from(code))
         .copied()
         .unwrap_or("UNKNOWN")
-}
-
-/// The `grpc-status` in a header map (response headers of a trailers-only response, or
-/// trailers), if present and valid. An unparsable value reads as `UNKNOWN` (2).
-pub fn grpc_status_of(headers: &HeaderMap) -> Option<u16> {
-    let v = headers.get(&GRPC_STATUS)?;
-    Some(
-        v.to_str()
-            .ok()
-            .and_then(|s| s.parse::<u16>().ok())
-            .filter(|c| *c <= 16)
-            .unwrap_or(2),
-    )
-}
-
-/// The gRPC code a non-200 HTTP status stands for, per gRPC's "HTTP to gRPC Status Code
-/// Mapping" (for responses from something that is not a gRPC server, such as a proxy).
-pub fn code_from_http(status: http::StatusCode) -> u16 {
-    match status.as_u16() {
-        400 => 13,             // INTERNAL
-        401 => 16,             // UNAUTHENTICATED
-        403 => 7,              // PERMISSION_DENIED
-        404 => 12,             // UNIMPLEMENTED
-        429 | 502..=504 => 14, // UNAVAILABLE
-        _ => 2,                // UNKNOWN
-    }
 }
 
 /// The [`Status`] a mesh error stands for (see the [module docs](self)). The error stays
@@ -107,22 +79,5 @@ mod tests {
         }
         assert_eq!(code_from_name("resource-exhausted"), Some(8));
         assert_eq!(code_from_name("NOPE"), None);
-    }
-
-    #[test]
-    fn http_statuses_map_as_grpc_specifies() {
-        assert_eq!(code_from_http(http::StatusCode::SERVICE_UNAVAILABLE), 14);
-        assert_eq!(code_from_http(http::StatusCode::FORBIDDEN), 7);
-        assert_eq!(code_from_http(http::StatusCode::IM_A_TEAPOT), 2);
-    }
-
-    #[test]
-    fn bad_grpc_status_values_read_as_unknown() {
-        let mut h = HeaderMap::new();
-        assert_eq!(grpc_status_of(&h), None);
-        h.insert("grpc-status", "99".parse().unwrap());
-        assert_eq!(grpc_status_of(&h), Some(2));
-        h.insert("grpc-status", "0".parse().unwrap());
-        assert_eq!(grpc_status_of(&h), Some(0));
     }
 }

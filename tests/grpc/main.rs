@@ -28,9 +28,9 @@ use mesh::{
     tonic::{GrpcClient, grpc_timeout},
 };
 use support::{
-    Behaviour, INVALID_ARGUMENT, Server, UNAVAILABLE,
+    Behaviour, INVALID_ARGUMENT, OK, Server, UNAVAILABLE,
     bookinfo::{Review, ReviewsRequest, reviews_client::ReviewsClient},
-    plain, start,
+    plain, start, start_with,
 };
 use tonic::Code;
 
@@ -567,4 +567,64 @@ async fn calls_are_counted_by_grpc_status_from_trailers() {
         ),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn servers_count_calls_by_grpc_status_from_headers_and_trailers() {
+    let telemetry = Telemetry::without_registry();
+    let mut behaviour = Behaviour::named("a");
+    // Streams in mode OK wait for this after their first message: never released here.
+    behaviour.release = Some(std::sync::Arc::new(tokio::sync::Notify::new()));
+    let a = start_with(behaviour, Acceptor::plaintext(), None, telemetry.clone()).await;
+    let client = grpc(eps(&[&a]), ServiceConfig::default());
+    let mut reviews = reviews(&client);
+
+    // OK: a normal response, its status in the trailers.
+    reviews.get_reviews(req(1)).await.unwrap();
+    // INVALID_ARGUMENT: a trailers-only response, the status in the headers.
+    a.behaviour.mode.store(INVALID_ARGUMENT, Ordering::SeqCst);
+    reviews.get_reviews(req(2)).await.unwrap_err();
+    // UNAVAILABLE after the first message of a stream: in the trailers.
+    a.behaviour.mode.store(UNAVAILABLE, Ordering::SeqCst);
+    let mut stream = reviews.watch_reviews(req(3)).await.unwrap().into_inner();
+    stream.message().await.unwrap().unwrap();
+    assert_eq!(
+        stream.message().await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    // A stream the caller abandons before its end: cancelled.
+    a.behaviour.mode.store(OK, Ordering::SeqCst);
+    let mut stream = reviews.watch_reviews(req(4)).await.unwrap().into_inner();
+    stream.message().await.unwrap().unwrap();
+    assert_eq!(
+        telemetry.snapshot().inbound[0].in_flight,
+        1,
+        "the open stream"
+    );
+    drop(stream);
+
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let inbound = telemetry.snapshot().inbound;
+            inbound.len() == 1 && inbound[0].in_flight == 0
+        })
+        .await,
+        "{:?}",
+        telemetry.snapshot().inbound
+    );
+    let inbound = telemetry.snapshot().inbound.remove(0);
+    assert_eq!(inbound.caller, "none", "plaintext callers have no identity");
+    let count = |status: &str| {
+        inbound
+            .requests
+            .iter()
+            .find(|c| c.status == status)
+            .map(|c| (c.count, c.outcome))
+    };
+    assert_eq!(count("OK"), Some((1, "success")));
+    assert_eq!(count("INVALID_ARGUMENT"), Some((1, "success")));
+    assert_eq!(count("UNAVAILABLE"), Some((1, "failure")));
+    assert_eq!(count("cancelled"), Some((1, "error")));
+    assert_eq!(inbound.requests.len(), 4, "{:?}", inbound.requests);
+    assert_eq!(inbound.latency.count, 4);
 }

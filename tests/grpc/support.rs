@@ -11,11 +11,11 @@ use std::{
 };
 
 use mesh::{
-    core::authz::Authorizer,
+    core::{authz::Authorizer, telemetry::Telemetry},
     tonic::{
         MeshChannel,
         health::{HealthReporter, health_service},
-        server::{Acceptor, AuthzLayer, DeadlineLayer, TraceLayer, incoming},
+        server::{Acceptor, AuthzLayer, DeadlineLayer, MetricsLayer, TraceLayer, incoming},
     },
 };
 use tokio::sync::Notify;
@@ -194,10 +194,21 @@ impl Drop for Server {
 /// A Reviews server (plus grpc.health.v1) on a free loopback port, behind the mesh's
 /// server layers.
 pub async fn start(behaviour: Behaviour, acceptor: Acceptor, authz: Option<Authorizer>) -> Server {
+    start_with(behaviour, acceptor, authz, Telemetry::without_registry()).await
+}
+
+/// [`start`], with the server's inbound metrics recorded into `telemetry`.
+pub async fn start_with(
+    behaviour: Behaviour,
+    acceptor: Acceptor,
+    authz: Option<Authorizer>,
+    telemetry: Telemetry,
+) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (health, health_svc) = health_service();
     let layers = ServiceBuilder::new()
+        .layer(MetricsLayer::new(telemetry))
         .layer(TraceLayer::new())
         .layer(AuthzLayer::new(Arc::new(authz.unwrap_or_default())))
         .layer(DeadlineLayer::new())

@@ -6,7 +6,7 @@ use prometheus_client::{
     metrics::MetricType,
 };
 
-use super::{Inner, Snapshot};
+use super::{Inner, LatencyHistogram, Snapshot};
 use crate::{breaker::BreakerState, outlier::HealthState, tls::HandshakeFailure};
 
 /// Encodes the tracked state on every scrape.
@@ -233,36 +233,14 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
     }
 
     write(&requests, encoder)?;
-    // The latency histogram needs its own encoder call.
-    if !s.destinations.is_empty() {
-        let mut m = encoder.encode_descriptor(
-            "client_response_latency_seconds",
-            "Time from sending an outbound request to its response head (or error).",
-            None,
-            MetricType::Histogram,
-        )?;
-        for d in &s.destinations {
-            let labels = [("service", d.service.as_str())];
-            // The encoder accumulates bucket counts itself: hand it per-bucket counts.
-            let mut below = 0;
-            let buckets: Vec<(f64, u64)> = d
-                .latency
-                .buckets
-                .iter()
-                .map(|(le, cumulative)| {
-                    let n = cumulative - below;
-                    below = *cumulative;
-                    (*le, n)
-                })
-                .collect();
-            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                d.latency.sum_seconds,
-                d.latency.count,
-                &buckets,
-                None,
-            )?;
-        }
-    }
+    histograms(
+        "client_response_latency_seconds",
+        "Time from sending an outbound request to its response head (or error).",
+        s.destinations
+            .iter()
+            .map(|d| (("service", d.service.as_str()), &d.latency)),
+        encoder,
+    )?;
     for f in [
         &unroutable,
         &in_flight,
@@ -342,7 +320,74 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
             c.count,
         );
     }
-    write(&server, encoder)
+    write(&server, encoder)?;
+    let mut responses = Family::new(
+        "server_responses",
+        "Inbound requests by caller identity and final status: HTTP class, gRPC code, or error / cancelled.",
+        Counter,
+    );
+    let mut server_in_flight = Family::new(
+        "server_in_flight",
+        "Inbound requests whose response has not been sent in full, by caller identity.",
+        Gauge,
+    );
+    for c in &s.inbound {
+        for r in &c.requests {
+            responses.push(
+                vec![
+                    ("caller", c.caller.as_str()),
+                    ("status", r.status),
+                    ("outcome", r.outcome),
+                ],
+                r.count,
+            );
+        }
+        server_in_flight.push(vec![("caller", c.caller.as_str())], c.in_flight);
+    }
+    write(&responses, encoder)?;
+    write(&server_in_flight, encoder)?;
+    histograms(
+        "server_response_latency_seconds",
+        "Time from an inbound request's arrival to its response head.",
+        s.inbound
+            .iter()
+            .map(|c| (("caller", c.caller.as_str()), &c.latency)),
+        encoder,
+    )
+}
+
+/// One histogram family, a histogram per label value (nothing when there are none).
+fn histograms<'a>(
+    name: &'static str,
+    help: &'static str,
+    series: impl Iterator<Item = ((&'static str, &'a str), &'a LatencyHistogram)>,
+    encoder: &mut DescriptorEncoder,
+) -> std::fmt::Result {
+    let mut series = series.peekable();
+    if series.peek().is_none() {
+        return Ok(());
+    }
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (label, h) in series {
+        // The encoder accumulates bucket counts itself: hand it per-bucket counts.
+        let mut below = 0;
+        let buckets: Vec<(f64, u64)> = h
+            .buckets
+            .iter()
+            .map(|(le, cumulative)| {
+                let n = cumulative - below;
+                below = *cumulative;
+                (*le, n)
+            })
+            .collect();
+        m.encode_family(&[label])?.encode_histogram::<NoLabelSet>(
+            h.sum_seconds,
+            h.count,
+            &buckets,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 fn breaker_state(s: &BreakerState) -> &'static str {

@@ -1,7 +1,8 @@
 //! Telemetry: OpenMetrics metrics, the debug snapshot, and the admin endpoints' data.
 //!
 //! A [`Telemetry`] is handed to the clients (`ClientSettings::telemetry` in mesh-hyper and
-//! mesh-tonic), to server layers (authorization records caller × decision), and told about
+//! mesh-tonic), to server layers (authorization records caller × decision; the metrics layer
+//! records every inbound request by caller × status, with its latency), and told about
 //! meshes and TLS stores; it registers one collector in the application's
 //! [`prometheus_client`] registry. Everything is read at scrape time from counters the layers
 //! keep anyway (retries, budget, limits, breaker, balancer endpoints, outlier ejections,
@@ -36,6 +37,9 @@
 //! | `tls_reloads_total` | counter | identity, result |
 //! | `tls_handshakes_total` | counter | identity, side, result |
 //! | `server_requests_total` | counter | caller, decision |
+//! | `server_responses_total` | counter | caller, status, outcome |
+//! | `server_response_latency_seconds` | histogram | caller |
+//! | `server_in_flight` | gauge | caller |
 //!
 //! ```
 //! use mesh_core::telemetry::{Registry, Telemetry};
@@ -64,7 +68,7 @@ pub use self::{
         ErrorKind, GRPC_CODE_NAMES, LATENCY_BUCKETS, LatencyHistogram, PendingStatus,
         RequestMetrics, StatusCount, StatusKey,
     },
-    server::{CallerCount, Decision, MAX_CALLERS, ServerMetrics},
+    server::{CallerCount, CallerMetrics, Decision, InboundSnapshot, MAX_CALLERS, ServerMetrics},
     snapshot::{
         ConfigError, ConfigSourceSnapshot, DestinationSnapshot, DestinationSource,
         DiscoverySnapshot, Snapshot, UnroutableCount,
@@ -147,7 +151,7 @@ impl Telemetry {
         self.inner.unroutable.record(reason);
     }
 
-    /// Inbound request counters (recorded by the servers' authorization layers).
+    /// Inbound request counters (recorded by the servers' authorization and metrics layers).
     pub fn server(&self) -> &ServerMetrics {
         &self.inner.server
     }
@@ -185,6 +189,7 @@ impl Inner {
             config,
             tls: merge_tls(lock(&self.tls).iter().map(TlsStore::status)),
             server: self.server.counts(),
+            inbound: self.server.inbound(),
         }
     }
 }

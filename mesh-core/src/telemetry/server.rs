@@ -1,15 +1,18 @@
-//! Inbound requests by caller identity and authorization decision.
+//! Inbound requests: by caller identity and authorization decision (recorded by the
+//! authorization layers), and by caller identity and final status with their latency (recorded
+//! by the servers' metrics layers).
 
 use std::{
     collections::HashMap,
     sync::{
-        RwLock,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, RwLock,
+        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
     },
 };
 
 use serde::Serialize;
 
+use super::request::{LatencyHistogram, RequestMetrics, StatusCount};
 use crate::SpiffeId;
 
 /// Most distinct caller identities given their own series; later ones share `other`, so a
@@ -40,31 +43,86 @@ impl Decision {
     }
 }
 
-/// Counters of inbound requests per (caller, decision). Recording takes a read lock and one
-/// atomic add once the caller has been seen.
+/// Counters of inbound requests: per (caller, decision), and per caller the final statuses,
+/// latency and requests in flight. Recording takes a read lock and a few atomic adds once the
+/// caller has been seen.
 #[derive(Debug, Default)]
 pub struct ServerMetrics {
     callers: RwLock<HashMap<Box<str>, [AtomicU64; 2]>>,
+    inbound: RwLock<HashMap<Box<str>, Arc<CallerMetrics>>>,
+}
+
+/// One caller's inbound requests: final statuses and latency (the same bounded status set
+/// and buckets as the client's, see [`RequestMetrics`]), and how many are in flight.
+#[derive(Debug, Default)]
+pub struct CallerMetrics {
+    /// Requests by final status, and their latency to the response head.
+    pub requests: Arc<RequestMetrics>,
+    in_flight: AtomicI64,
+}
+
+impl CallerMetrics {
+    /// A request started; it is in flight until [`finished`](Self::finished).
+    pub fn started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// A request (started earlier) ended: its response was sent in full, or abandoned.
+    pub fn finished(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The entry for `caller` in a map keyed by caller label: `none` for plaintext, the SPIFFE ID,
+/// or `other` once [`MAX_CALLERS`] identities have their own.
+fn entry<V: Default, R>(
+    map: &RwLock<HashMap<Box<str>, V>>,
+    caller: Option<&SpiffeId>,
+    f: impl Fn(&V) -> R,
+) -> R {
+    let label = caller.map_or(NO_IDENTITY, SpiffeId::as_str);
+    {
+        let map = map.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = map.get(label) {
+            return f(v);
+        }
+    }
+    let mut map = map.write().unwrap_or_else(|e| e.into_inner());
+    let key = if map.len() >= MAX_CALLERS && !map.contains_key(label) {
+        OTHER
+    } else {
+        label
+    };
+    f(map.entry(key.into()).or_default())
 }
 
 impl ServerMetrics {
     /// Counts one request from `caller` (`None`: plaintext) that authorization decided.
     pub fn record(&self, caller: Option<&SpiffeId>, decision: Decision) {
-        let label = caller.map_or(NO_IDENTITY, SpiffeId::as_str);
-        {
-            let map = self.callers.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(c) = map.get(label) {
-                c[decision as usize].fetch_add(1, Relaxed);
-                return;
-            }
-        }
-        let mut map = self.callers.write().unwrap_or_else(|e| e.into_inner());
-        let key = if map.len() >= MAX_CALLERS && !map.contains_key(label) {
-            OTHER
-        } else {
-            label
-        };
-        map.entry(key.into()).or_default()[decision as usize].fetch_add(1, Relaxed);
+        entry(&self.callers, caller, |c| {
+            c[decision as usize].fetch_add(1, Relaxed);
+        });
+    }
+
+    /// The inbound metrics of `caller` (`None`: plaintext), for a server's metrics layer.
+    pub fn caller(&self, caller: Option<&SpiffeId>) -> Arc<CallerMetrics> {
+        entry(&self.inbound, caller, Arc::clone)
+    }
+
+    /// Inbound requests by caller: statuses, latency, in flight; sorted by caller.
+    pub fn inbound(&self) -> Vec<InboundSnapshot> {
+        let map = self.inbound.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map
+            .iter()
+            .map(|(caller, m)| InboundSnapshot {
+                caller: caller.to_string(),
+                requests: m.requests.statuses(),
+                latency: m.requests.latency(),
+                in_flight: m.in_flight.load(Relaxed).max(0) as u64,
+            })
+            .collect();
+        v.sort_by(|a, b| a.caller.cmp(&b.caller));
+        v
     }
 
     /// The counters, sorted by caller.
@@ -101,6 +159,19 @@ pub struct CallerCount {
     pub count: u64,
 }
 
+/// One caller's inbound requests.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InboundSnapshot {
+    /// The caller's SPIFFE ID, `none` for plaintext, `other` beyond [`MAX_CALLERS`].
+    pub caller: String,
+    /// Requests by final status: HTTP class, gRPC code, or `error` / `cancelled`.
+    pub requests: Vec<StatusCount>,
+    /// Time from the request's arrival to the response head.
+    pub latency: LatencyHistogram,
+    /// Requests whose response has not been sent in full yet.
+    pub in_flight: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +199,33 @@ mod tests {
         let c = m.counts();
         assert_eq!(c.len(), MAX_CALLERS + 1);
         assert!(c.iter().any(|c| c.caller == "other" && c.count >= 10));
+    }
+
+    #[test]
+    fn inbound_metrics_per_caller_are_shared_and_capped() {
+        use super::super::request::StatusKey;
+        let m = ServerMetrics::default();
+        let a: SpiffeId = "spiffe://cluster.local/ns/default/sa/a".parse().unwrap();
+        let first = m.caller(Some(&a));
+        first.started();
+        first.requests.count(StatusKey::http(200));
+        let again = m.caller(Some(&a));
+        assert!(Arc::ptr_eq(&first, &again));
+        m.caller(None).requests.count(StatusKey::grpc(14));
+        let snap = m.inbound();
+        assert_eq!(snap.len(), 2);
+        assert_eq!((snap[0].caller.as_str(), snap[0].in_flight), ("none", 0));
+        assert_eq!(snap[0].requests[0].status, "UNAVAILABLE");
+        assert_eq!((snap[1].in_flight, snap[1].requests[0].count), (1, 1));
+        first.finished();
+        for i in 0..MAX_CALLERS + 10 {
+            let id: SpiffeId = format!("spiffe://cluster.local/ns/default/sa/s{i}")
+                .parse()
+                .unwrap();
+            m.caller(Some(&id));
+        }
+        let snap = m.inbound();
+        assert_eq!(snap.len(), MAX_CALLERS + 1);
+        assert!(snap.iter().any(|c| c.caller == "other"));
     }
 }

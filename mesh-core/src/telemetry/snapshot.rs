@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::{
     request::{LatencyHistogram, StatusCount},
-    server::CallerCount,
+    server::{CallerCount, InboundSnapshot},
 };
 use crate::{
     ServiceName, balance::EndpointStats, breaker::BreakerState, limit::LimitCounts,
@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub tls: Vec<TlsStatus>,
     /// Inbound requests by caller identity and authorization decision.
     pub server: Vec<CallerCount>,
+    /// Inbound requests by caller identity: final statuses, latency, in flight (recorded by
+    /// the servers' metrics layers).
+    pub inbound: Vec<InboundSnapshot>,
 }
 
 /// What a client knows about one destination: counters, the retry budget, breaker and

@@ -103,7 +103,7 @@ where
             return Either::Left(self.inner.call(req));
         }
         self.layer.denied.fetch_add(1, Relaxed);
-        let grpc = super::local_reply::is_grpc(req.headers());
+        let grpc = crate::grpc::is_grpc(req.headers());
         tracing::info!(principal = ?principal.map(|p| p.as_str()), method = %req.method(),
             path = req.uri().path(), rule = %decision.by, grpc, "request denied");
         let message = match principal {

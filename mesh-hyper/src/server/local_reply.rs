@@ -1,18 +1,8 @@
 //! Replies the server layers make themselves (denied, rate limited), in HTTP or gRPC form.
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header::CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode, header::CONTENT_TYPE};
 
-/// Whether a request is a gRPC call (`content-type: application/grpc` or `application/grpc+...`).
-pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.strip_prefix("application/grpc").is_some_and(|rest| {
-                rest.is_empty() || rest.starts_with('+') || rest.starts_with(';')
-            })
-        })
-}
+use crate::grpc::{GRPC_MESSAGE, GRPC_STATUS};
 
 /// A local reply: `status` with an empty body to HTTP callers; to gRPC callers an HTTP 200
 /// trailers-only response with `grpc-status: grpc_code` and `grpc-message: message`.
@@ -26,9 +16,9 @@ pub(crate) fn local_reply<B: Default>(
     if grpc {
         let headers = rsp.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert("grpc-status", HeaderValue::from(u16::from(grpc_code)));
+        headers.insert(&GRPC_STATUS, HeaderValue::from(u16::from(grpc_code)));
         if let Ok(v) = HeaderValue::from_str(&percent_encode(message)) {
-            headers.insert("grpc-message", v);
+            headers.insert(&GRPC_MESSAGE, v);
         }
     } else {
         *rsp.status_mut() = status;
@@ -55,15 +45,6 @@ mod tests {
 
     #[test]
     fn grpc_calls_get_grpc_replies() {
-        let mut h = HeaderMap::new();
-        assert!(!is_grpc(&h));
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc+proto"),
-        );
-        assert!(is_grpc(&h));
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpcx"));
-        assert!(!is_grpc(&h));
         let rsp: Response<()> = local_reply(true, StatusCode::FORBIDDEN, 7, "denied: 100%");
         assert_eq!(rsp.status(), StatusCode::OK);
         assert_eq!(rsp.headers()["grpc-status"], "7");

@@ -3,6 +3,8 @@
 //! - [`Acceptor`]: mTLS (`STRICT`), mTLS or plaintext on one port (`PERMISSIVE`), or plaintext,
 //!   with the peer's SPIFFE ID as [`PeerIdentity`](mesh_core::identity::PeerIdentity);
 //! - [`serve`]: accept, handshake, and serve a tower service with hyper (HTTP/1.1 and HTTP/2);
+//! - [`MetricsLayer`]: every inbound request counted by caller identity and status, with its
+//!   latency and the requests in flight (Linkerd's and Istio's inbound golden signals);
 //! - [`AuthzLayer`]: Istio-style authorization policies, `403` on denial;
 //! - [`RateLimitLayer`]: per-route and per-caller rate limits, `429` with `Retry-After`;
 //! - [`TraceContextLayer`]: W3C trace context from the incoming request to the calls the
@@ -35,6 +37,7 @@
 mod accept;
 mod authz;
 mod local_reply;
+mod metrics;
 mod rate_limit;
 mod serve;
 mod trace_context;
@@ -42,6 +45,7 @@ mod trace_context;
 pub use self::{
     accept::{AcceptError, Acceptor, ServerStream},
     authz::{Authz, AuthzLayer},
+    metrics::{Metrics, MetricsBody, MetricsFuture, MetricsLayer},
     rate_limit::{RateLimit, RateLimitLayer, RateLimitRule, RateLimited},
     serve::{WithPeer, serve},
     trace_context::{

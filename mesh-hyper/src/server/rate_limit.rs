@@ -175,7 +175,7 @@ where
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 tracing::debug!(path = %req.uri().path(), rule = %rule.prefix, caller = %key,
                     retry_after = secs.max(1), "request rate-limited: 429");
-                let grpc = super::local_reply::is_grpc(req.headers());
+                let grpc = crate::grpc::is_grpc(req.headers());
                 let message = format!(
                     "rate limit of {} reached; retry after {}s",
                     rule.prefix,

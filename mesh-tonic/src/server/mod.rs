@@ -3,6 +3,8 @@
 //! - [`incoming`]: accepts connections through mesh-hyper's [`Acceptor`] (mTLS `STRICT`,
 //!   `PERMISSIVE` or plaintext) for tonic's `serve_with_incoming`; every call carries the
 //!   caller's verified SPIFFE ID as [`PeerIdentity`] in its extensions;
+//! - [`MetricsLayer`]: every call counted by caller identity and gRPC status (from the
+//!   trailers when the call streams), with its latency and the calls in flight;
 //! - [`AuthzLayer`]: Istio `AuthorizationPolicy` semantics; denied calls get
 //!   `PERMISSION_DENIED` and never reach the service;
 //! - [`RateLimitLayer`]: per-method and per-caller rate limits; over the limit,
@@ -43,7 +45,8 @@ mod trace;
 
 pub use mesh_core::identity::PeerIdentity;
 pub use mesh_hyper::server::{
-    Acceptor, Authz, AuthzLayer, RateLimit, RateLimitLayer, RateLimitRule, RateLimited,
+    Acceptor, Authz, AuthzLayer, Metrics, MetricsBody, MetricsFuture, MetricsLayer, RateLimit,
+    RateLimitLayer, RateLimitRule, RateLimited,
 };
 
 pub use self::{
