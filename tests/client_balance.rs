@@ -395,3 +395,66 @@ async fn client_composes_with_tower_service_builder() {
     let rsp = svc.oneshot(get("http://reviews.test:9080/")).await.unwrap();
     assert_eq!(backend_of(&rsp), "a");
 }
+
+#[tokio::test]
+async fn idle_on_demand_destinations_are_dropped_and_rebuilt() {
+    // Two backends reached by IP literal (resolved on demand), one configured service.
+    let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
+    let slow = backend_with(BackendOpts {
+        delay: Duration::from_millis(400),
+        ..BackendOpts::named("slow")
+    })
+    .await;
+    let mesh = Mesh::builder()
+        .service(
+            "reviews.test:9080",
+            StaticSource::new(endpoints(&[&c])).unwrap(),
+        )
+        .without_dns_fallback()
+        .build()
+        .unwrap();
+    let client = MeshClient::<http_body_util::Empty<bytes::Bytes>>::with_settings(
+        mesh,
+        mesh::hyper::ClientSettings {
+            destination_idle_timeout: Some(Duration::from_millis(100)),
+            ..Default::default()
+        },
+    );
+    let name = |addr: std::net::SocketAddr| addr.to_string().parse().unwrap();
+    let uri = |addr: std::net::SocketAddr| format!("http://{addr}/");
+    let target = client.target(&b.addr.to_string()).unwrap();
+    for uri in [uri(a.addr), uri(b.addr), "http://reviews.test:9080/".into()] {
+        assert_eq!(client.request(get(&uri)).await.unwrap().status(), 200);
+    }
+    // A request in flight for longer than the idle timeout keeps its destination.
+    let in_flight = tokio::spawn(client.request(get(&uri(slow.addr))));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        client.stats(&name(slow.addr)).is_some(),
+        "dropped while in flight"
+    );
+    assert!(in_flight.await.unwrap().unwrap().status().is_success());
+
+    // Idle for long enough: `a` and `slow` go; `b` is held by a `Target`; the configured
+    // service stays.
+    assert!(
+        common::eventually(Duration::from_secs(5), async || {
+            client.stats(&name(a.addr)).is_none() && client.stats(&name(slow.addr)).is_none()
+        })
+        .await,
+        "idle on-demand destinations were not dropped"
+    );
+    assert!(client.stats(&name(b.addr)).is_some());
+    assert!(
+        client
+            .stats(&"reviews.test:9080".parse().unwrap())
+            .is_some()
+    );
+    // Sent again, `a` is rebuilt and answers; the target still works.
+    assert_eq!(
+        client.request(get(&uri(a.addr))).await.unwrap().status(),
+        200
+    );
+    assert!(client.stats(&name(a.addr)).is_some());
+    assert_eq!(target.request(get("/")).await.unwrap().status(), 200);
+}

@@ -118,6 +118,9 @@ pub struct Destination {
     pub config: ServiceConfig,
     /// Its endpoints, live.
     pub subscription: Subscription,
+    /// Whether the mesh was not told about this service and resolved it on demand (DNS
+    /// fallback, IP literal): a client may drop such a destination when it falls idle.
+    pub on_demand: bool,
 }
 
 /// A request's authority names no service the mesh can resolve.
@@ -156,7 +159,8 @@ struct Inner {
     files: Vec<(FileSource, ServiceConfig)>,
     defaults: ServiceConfig,
     dns: DnsFallback,
-    /// Sources created on demand for names resolved by DNS or given as IP literals.
+    /// Sources created on demand for names resolved by DNS or given as IP literals; those
+    /// nobody listens to are forgotten when a new one is added.
     on_demand: Mutex<HashMap<ServiceName, Arc<dyn EndpointSource>>>,
 }
 
@@ -188,6 +192,7 @@ impl Mesh {
                 subscription: entry.source.subscribe(&name),
                 config: entry.config.clone(),
                 name,
+                on_demand: false,
             });
         }
         for (file, config) in &inner.files {
@@ -196,6 +201,7 @@ impl Mesh {
                     subscription: file.subscribe(&name),
                     config: config.clone(),
                     name,
+                    on_demand: false,
                 });
             }
         }
@@ -204,6 +210,7 @@ impl Mesh {
             subscription: source.subscribe(&name),
             config: inner.defaults.clone(),
             name,
+            on_demand: true,
         })
     }
 
@@ -243,6 +250,11 @@ impl Mesh {
             tracing::debug!(service = %name, "unknown service: resolving with DNS");
             Arc::new(DnsSource::host(resolver, name.host(), name.port()))
         };
+        // Forget the sources nobody subscribes to any more (their clients dropped them), so
+        // that a client calling ever new names does not grow this cache without bound. A
+        // source is subscribed to right after it is handed out, under no lock: one pruned in
+        // that gap is simply created again next time.
+        cache.retain(|_, s| !s.is_idle());
         cache.insert(name.clone(), source.clone());
         Ok(source)
     }
@@ -462,6 +474,26 @@ mod tests {
             mesh.resolve("b c", 80),
             Err(ResolveError::Name(_))
         ));
+    }
+
+    #[test]
+    fn on_demand_sources_nobody_listens_to_are_forgotten() {
+        let mesh = Mesh::builder().without_dns_fallback().build().unwrap();
+        let cached = || mesh.inner.on_demand.lock().unwrap().len();
+        let first = mesh.resolve("127.0.0.1:7001", 80).unwrap();
+        assert!(first.on_demand);
+        let second = mesh.resolve("127.0.0.1:7002", 80).unwrap();
+        assert_eq!(cached(), 2, "both are listened to");
+        drop(first);
+        let _third = mesh.resolve("127.0.0.1:7003", 80).unwrap();
+        assert_eq!(cached(), 2, "the first was forgotten");
+        // Still listened to: shared by a second resolution of the same name.
+        let again = mesh.resolve("127.0.0.1:7002", 80).unwrap();
+        assert_eq!(
+            again.subscription.snapshot().endpoints,
+            second.subscription.snapshot().endpoints
+        );
+        assert_eq!(cached(), 2);
     }
 
     #[test]

@@ -355,6 +355,17 @@ where
         &self.shared.service
     }
 
+    /// Requests in flight to the current endpoints.
+    pub fn in_flight(&self) -> usize {
+        self.shared
+            .table
+            .load()
+            .slots
+            .iter()
+            .map(|s| s.load.in_flight())
+            .sum()
+    }
+
     /// The current endpoints with their load.
     pub fn endpoints(&self) -> Vec<EndpointStats> {
         let table = self.shared.table.load();

@@ -213,6 +213,10 @@ impl EndpointSource for DnsSource {
         }
         sub
     }
+
+    fn is_idle(&self) -> bool {
+        self.inner.publisher.is_closed()
+    }
 }
 
 impl fmt::Debug for DnsSource {

@@ -96,11 +96,21 @@ pub trait EndpointSource: Send + Sync + 'static {
     /// (file watching, DNS refresh) start it on first subscription, inside the current tokio
     /// runtime.
     fn subscribe(&self, service: &ServiceName) -> Subscription;
+
+    /// Whether nobody listens to this source any more (every subscription was dropped), so
+    /// that a mesh may forget a source it created on demand. Default `false`.
+    fn is_idle(&self) -> bool {
+        false
+    }
 }
 
 impl<S: EndpointSource + ?Sized> EndpointSource for Arc<S> {
     fn subscribe(&self, service: &ServiceName) -> Subscription {
         (**self).subscribe(service)
+    }
+
+    fn is_idle(&self) -> bool {
+        (**self).is_idle()
     }
 }
 
@@ -247,6 +257,10 @@ impl StaticSource {
 impl EndpointSource for StaticSource {
     fn subscribe(&self, _service: &ServiceName) -> Subscription {
         self.publisher.subscribe()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.publisher.is_closed()
     }
 }
 

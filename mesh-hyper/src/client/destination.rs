@@ -1,7 +1,10 @@
 //! One destination service: its stack, the handles on its parts, and how its endpoints are
 //! reached (plaintext or mTLS with the expected identity).
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU8, Ordering::Relaxed},
+};
 
 use mesh_core::{
     Balancer, Destination, PolicyError, Protocol, ServiceName,
@@ -44,6 +47,12 @@ pub(super) struct Dest<B, D> {
     /// Whether requests get a `traceparent` (see `ClientSettings::trace_context`).
     pub(super) trace_context: bool,
     pub(super) dialect: D,
+    /// Resolved on demand (not configured): dropped when idle.
+    pub(super) on_demand: bool,
+    /// Set by every request; cleared by each idle sweep.
+    used: AtomicBool,
+    /// Idle sweeps in a row that found it unused.
+    idle_sweeps: AtomicU8,
 }
 
 impl<B: RequestBody, D: Dialect> DestinationSource for Dest<B, D> {
@@ -73,6 +82,27 @@ impl<B: RequestBody, D: Dialect> DestinationSource for Dest<B, D> {
     }
 }
 
+impl<B, D> Dest<B, D> {
+    /// Marks the destination used (a load, and a store only when an idle sweep cleared it).
+    pub(super) fn touch(&self) {
+        if !self.used.load(Relaxed) {
+            self.used.store(true, Relaxed);
+        }
+    }
+
+    /// For an idle sweep: clears the used mark and says whether this sweep and the one before
+    /// both found it unused.
+    pub(super) fn idle_for_two_sweeps(&self) -> bool {
+        if self.used.swap(false, Relaxed) {
+            self.idle_sweeps.store(0, Relaxed);
+            return false;
+        }
+        let idle = self.idle_sweeps.load(Relaxed).saturating_add(1);
+        self.idle_sweeps.store(idle, Relaxed);
+        idle >= 2
+    }
+}
+
 impl<B: RequestBody, D: Dialect> Dest<B, D> {
     /// Builds the stack of one destination, bottom to top (see the module docs).
     pub(super) fn build(
@@ -84,6 +114,7 @@ impl<B: RequestBody, D: Dialect> Dest<B, D> {
             name,
             config,
             mut subscription,
+            on_demand,
         } = dest;
         let discovery = subscription.clone();
         let dialect = dialect.clone();
@@ -178,6 +209,9 @@ impl<B: RequestBody, D: Dialect> Dest<B, D> {
             metrics,
             trace_context,
             dialect: self_dialect,
+            on_demand,
+            used: AtomicBool::new(true),
+            idle_sweeps: AtomicU8::new(0),
         })
     }
 }

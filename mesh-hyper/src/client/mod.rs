@@ -132,6 +132,13 @@ pub struct ClientSettings {
     /// whose parent is the request the current task is handling (set by the server layers), or
     /// a new trace. Default on.
     pub trace_context: bool,
+    /// Destinations the mesh resolved on demand (names it was not told about, found with DNS;
+    /// IP literals) that carried no request for at least this long are dropped, with their
+    /// connection pools and DNS refresh, within 1.5 times this; a later request builds them
+    /// again. Configured services, destinations with requests in flight and those held by a
+    /// [`Target`] (or a gRPC channel) are kept. Default 60 s (what Linkerd keeps an idle
+    /// outbound destination for, in the order of its cache max-idle-age); `None`: never.
+    pub destination_idle_timeout: Option<Duration>,
 }
 
 impl Default for ClientSettings {
@@ -145,6 +152,7 @@ impl Default for ClientSettings {
             http2_connections_per_endpoint: 1,
             telemetry: None,
             trace_context: true,
+            destination_idle_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -165,6 +173,8 @@ struct Inner<B, D> {
     by_authority: ArcSwap<ByAuthority<B, D>>,
     /// Destinations by normalized name; also serializes creation.
     by_name: Mutex<HashMap<ServiceName, Arc<Dest<B, D>>>>,
+    /// Whether the task dropping idle on-demand destinations runs.
+    sweeping: std::sync::atomic::AtomicBool,
 }
 
 /// Destinations keyed by the authority spelling requests use.
@@ -213,6 +223,7 @@ where
                 dialect,
                 by_authority: ArcSwap::from_pointee(HashMap::new()),
                 by_name: Mutex::new(HashMap::new()),
+                sweeping: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -268,6 +279,7 @@ where
     }
 
     fn route(dest: &Dest<B, D>, mut req: Request<B>) -> ResponseFuture<B, D> {
+        dest.touch();
         let trace = if dest.trace_context {
             inject_trace_context(&mut req)
         } else {
@@ -326,6 +338,9 @@ where
                     t.track_destination(weak);
                 }
                 by_name.insert(name, dest.clone());
+                if dest.on_demand {
+                    self.start_sweeping();
+                }
                 dest
             }
         };
@@ -333,6 +348,67 @@ where
         map.insert(authority.into(), dest.clone());
         self.inner.by_authority.store(Arc::new(map));
         Ok(dest)
+    }
+
+    /// Starts the task that drops idle on-demand destinations (once; it ends with the client).
+    fn start_sweeping(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(timeout) = self.inner.settings.destination_idle_timeout else {
+            return;
+        };
+        if self.inner.sweeping.swap(true, Relaxed) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // Outside a runtime nothing can run later: try again with the next destination.
+            self.inner.sweeping.store(false, Relaxed);
+            return;
+        };
+        let period = (timeout / 2).max(Duration::from_millis(10));
+        let inner = Arc::downgrade(&self.inner);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(inner) = inner.upgrade() else { return };
+                inner.sweep();
+            }
+        });
+    }
+}
+
+impl<B: RequestBody, D: Dialect> Inner<B, D> {
+    /// One pass of the idle sweep: an on-demand destination idle for two whole passes in a row
+    /// (at least the idle timeout), with nothing in flight and no handle on it outside the
+    /// client's maps, is dropped.
+    fn sweep(&self) {
+        let mut by_name = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let by_authority = self.by_authority.load();
+        let before = by_name.len();
+        by_name.retain(|name, dest| {
+            if !dest.on_demand || !dest.idle_for_two_sweeps() {
+                return true;
+            }
+            // The maps' own references; anything more is a `Target` or a request being routed.
+            let refs = 1 + by_authority
+                .values()
+                .filter(|d| Arc::ptr_eq(d, dest))
+                .count();
+            if Arc::strong_count(dest) > refs || dest.balancer.in_flight() > 0 {
+                return true;
+            }
+            tracing::debug!(service = %name, "idle destination dropped");
+            false
+        });
+        if by_name.len() == before {
+            return;
+        }
+        let mut map = HashMap::clone(&by_authority);
+        map.retain(|_, d| {
+            by_name
+                .get(&d.name)
+                .is_some_and(|kept| Arc::ptr_eq(kept, d))
+        });
+        self.by_authority.store(Arc::new(map));
     }
 }
 
