@@ -15,6 +15,8 @@
 //! ```
 
 use http::{HeaderMap, HeaderName, header::CONTENT_TYPE};
+use http_body::Frame;
+use mesh_core::telemetry::{ErrorKind, StatusKey};
 
 /// The `grpc-status` header.
 pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -44,6 +46,18 @@ pub fn grpc_status_of(headers: &HeaderMap) -> Option<u16> {
             .filter(|c| *c <= 16)
             .unwrap_or(2),
     )
+}
+
+/// The final status a frame of a gRPC response body decides, as a metrics key: the
+/// trailers' `grpc-status` (`UNKNOWN` when they lack one); an error when the body failed or
+/// ended without the trailers gRPC requires; `None` for a data frame (not decided yet).
+pub fn status_of_frame<D, E>(frame: &Option<Result<Frame<D>, E>>) -> Option<StatusKey> {
+    match frame {
+        Some(Ok(f)) => f
+            .trailers_ref()
+            .map(|t| StatusKey::grpc(grpc_status_of(t).unwrap_or(2))),
+        Some(Err(_)) | None => Some(StatusKey::error(ErrorKind::Other)),
+    }
 }
 
 /// The gRPC code a non-200 HTTP status stands for, per gRPC's "HTTP to gRPC Status Code

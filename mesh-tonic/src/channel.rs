@@ -50,7 +50,7 @@ use mesh_core::{
     Mesh, ServiceName,
     classify::{FailureKind, LateOutcome, ResponseClass},
     deadline::Deadline,
-    telemetry::{DestinationSnapshot, ErrorKind, PendingStatus, StatusKey},
+    telemetry::{DestinationSnapshot, PendingStatus},
 };
 use mesh_hyper::{
     ClientSettings, MeshClient,
@@ -212,15 +212,7 @@ impl Body for ResponseBody {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
         if let Some(status) = this.status.as_ref() {
-            let key = match &frame {
-                Some(Ok(f)) => f.trailers_ref().map(|t| match grpc_status_of(t) {
-                    Some(code) => StatusKey::grpc(code),
-                    None => StatusKey::grpc(2),
-                }),
-                // A reset stream or a body ending without trailers.
-                Some(Err(_)) | None => Some(StatusKey::error(ErrorKind::Other)),
-            };
-            if let Some(key) = key {
+            if let Some(key) = mesh_hyper::grpc::status_of_frame(&frame) {
                 status.finish(key);
                 *this.status = None;
             }

@@ -19,7 +19,7 @@ use pin_project_lite::pin_project;
 use tower::Layer;
 use tower_service::Service;
 
-use crate::grpc::{code_from_http, grpc_status_of, is_grpc};
+use crate::grpc::{code_from_http, grpc_status_of, is_grpc, status_of_frame};
 
 /// Counts every inbound request by caller identity (the verified SPIFFE ID the acceptor put
 /// in [`PeerIdentity`], `none` for plaintext) and final status, with its latency to the
@@ -237,14 +237,7 @@ impl<B: Body> Body for MetricsBody<B> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
         if let Some(pending) = this.pending.as_ref() {
-            let key = match &frame {
-                Some(Ok(f)) => f
-                    .trailers_ref()
-                    .map(|t| StatusKey::grpc(grpc_status_of(t).unwrap_or(2))),
-                // The body failed, or ended without the trailers gRPC requires.
-                Some(Err(_)) | None => Some(StatusKey::error(ErrorKind::Other)),
-            };
-            if let Some(key) = key {
+            if let Some(key) = status_of_frame(&frame) {
                 pending.finish(key);
                 *this.pending = None;
             }
