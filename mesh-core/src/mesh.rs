@@ -205,23 +205,21 @@ impl Mesh {
                 });
             }
         }
-        let source = self.on_demand_source(&name)?;
         Ok(Destination {
-            subscription: source.subscribe(&name),
+            subscription: self.on_demand_subscription(&name)?,
             config: inner.defaults.clone(),
             name,
             on_demand: true,
         })
     }
 
-    fn on_demand_source(
-        &self,
-        name: &ServiceName,
-    ) -> Result<Arc<dyn EndpointSource>, ResolveError> {
+    /// A subscription to the on-demand source of `name` (made under the cache's lock, so that
+    /// a new source is never seen idle and forgotten before its first subscriber).
+    fn on_demand_subscription(&self, name: &ServiceName) -> Result<Subscription, ResolveError> {
         let inner = &self.inner;
         let mut cache = inner.on_demand.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = cache.get(name) {
-            return Ok(s.clone());
+            return Ok(s.subscribe(name));
         }
         let source: Arc<dyn EndpointSource> = if let Some(ip) = name.ip() {
             let ep = Endpoint::new(std::net::SocketAddr::new(ip, name.port()));
@@ -251,12 +249,11 @@ impl Mesh {
             Arc::new(DnsSource::host(resolver, name.host(), name.port()))
         };
         // Forget the sources nobody subscribes to any more (their clients dropped them), so
-        // that a client calling ever new names does not grow this cache without bound. A
-        // source is subscribed to right after it is handed out, under no lock: one pruned in
-        // that gap is simply created again next time.
+        // that a client calling ever new names does not grow this cache without bound.
         cache.retain(|_, s| !s.is_idle());
-        cache.insert(name.clone(), source.clone());
-        Ok(source)
+        let subscription = source.subscribe(name);
+        cache.insert(name.clone(), source);
+        Ok(subscription)
     }
 
     /// The state of the mesh's configuration sources (endpoints files): live version,

@@ -138,16 +138,26 @@ enum State {
         until: Instant,
     },
     HalfOpen {
+        /// Which half-open period this is: outcomes of trials from an earlier one no longer
+        /// count.
+        round: u64,
+        /// Trial calls admitted and not yet finished or handed over (see `Trial`).
         issued: u32,
         ok: u32,
         failed: u32,
     },
 }
 
+/// A half-open trial call: the round it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Trial(u64);
+
 struct Shared<C> {
     service: ServiceName,
     policy: BreakerPolicy,
     state: Mutex<State>,
+    /// Half-open periods so far (numbers them).
+    rounds: std::sync::atomic::AtomicU64,
     classifier: C,
 }
 
@@ -156,11 +166,11 @@ impl<C> Shared<C> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a call (returns whether it is a half-open trial) or refuses it.
-    fn admit(&self) -> Result<bool, CircuitOpen> {
+    /// Admits a call (returning the trial it is, when half-open) or refuses it.
+    fn admit(&self) -> Result<Option<Trial>, CircuitOpen> {
         let mut st = self.lock();
         match &mut *st {
-            State::Closed { .. } => Ok(false),
+            State::Closed { .. } => Ok(None),
             State::Open { until } => {
                 let now = Instant::now();
                 if now < *until {
@@ -170,17 +180,22 @@ impl<C> Shared<C> {
                     });
                 }
                 tracing::info!(service = %self.service, "circuit breaker half-open: sending trial calls");
+                let round = self
+                    .rounds
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
                 *st = State::HalfOpen {
+                    round,
                     issued: 1,
                     ok: 0,
                     failed: 0,
                 };
-                Ok(true)
+                Ok(Some(Trial(round)))
             }
-            State::HalfOpen { issued, .. } => {
+            State::HalfOpen { round, issued, .. } => {
                 if *issued < self.policy.half_open_calls {
                     *issued += 1;
-                    Ok(true)
+                    Ok(Some(Trial(*round)))
                 } else {
                     Err(CircuitOpen {
                         service: self.service.clone(),
@@ -191,11 +206,13 @@ impl<C> Shared<C> {
         }
     }
 
-    fn record(&self, trial: bool, failed: bool) {
+    /// Records an outcome: of a call admitted while closed (`trial` none), or of a trial of
+    /// the current half-open round (outcomes from before the last state change are ignored).
+    fn record(&self, trial: Option<Trial>, failed: bool) {
         let p = &self.policy;
         let mut st = self.lock();
         match &mut *st {
-            State::Closed { outcomes, failures } if !trial => {
+            State::Closed { outcomes, failures } if trial.is_none() => {
                 outcomes.push_back(failed);
                 *failures += u32::from(failed);
                 if outcomes.len() > p.window_size as usize && outcomes.pop_front() == Some(true) {
@@ -213,8 +230,11 @@ impl<C> Shared<C> {
                 }
             }
             State::HalfOpen {
-                ok, failed: bad, ..
-            } if trial => {
+                round,
+                ok,
+                failed: bad,
+                ..
+            } if trial == Some(Trial(*round)) => {
                 if failed {
                     *bad += 1;
                 } else {
@@ -242,9 +262,13 @@ impl<C> Shared<C> {
         }
     }
 
-    /// A trial call ended without an outcome: give its place to another.
-    fn abandon_trial(&self) {
-        if let State::HalfOpen { issued, .. } = &mut *self.lock() {
+    /// A trial call gives its place to another: it ended without an outcome, or its outcome
+    /// will only be known when its response body ends (a stream must not hold the half-open
+    /// breaker's few places for its whole life).
+    fn release_trial(&self, trial: Trial) {
+        if let State::HalfOpen { round, issued, .. } = &mut *self.lock()
+            && trial == Trial(*round)
+        {
             *issued = issued.saturating_sub(1);
         }
     }
@@ -279,6 +303,7 @@ impl<C> BreakerLayer<C> {
                     outcomes: VecDeque::new(),
                     failures: 0,
                 }),
+                rounds: Default::default(),
                 classifier,
             }),
         })
@@ -377,6 +402,7 @@ where
                     guard: Some(Guard {
                         shared: shared.clone(),
                         trial,
+                        recorded: false,
                     }),
                 },
             },
@@ -392,31 +418,33 @@ where
     }
 }
 
+/// A call admitted by the breaker, until its outcome is recorded. Dropped unrecorded (the
+/// caller gave up), a trial gives its place to another.
 struct Guard<C> {
     shared: Arc<Shared<C>>,
-    trial: bool,
+    trial: Option<Trial>,
+    recorded: bool,
 }
 
 impl<C> Drop for Guard<C> {
     fn drop(&mut self) {
-        if self.trial {
-            self.shared.abandon_trial();
+        if let (Some(trial), false) = (self.trial, self.recorded) {
+            self.shared.release_trial(trial);
         }
     }
 }
 
-/// Where a deferred outcome goes: the breaker's window (or its half-open trials).
+/// Where a deferred outcome goes: the breaker's window, or its half-open round (whose place
+/// the trial gave back when its response head arrived).
 struct Late<C> {
     shared: Arc<Shared<C>>,
-    trial: bool,
+    trial: Option<Trial>,
 }
 
 impl<C: Send + Sync + 'static> Report for Late<C> {
     fn report(&self, class: Option<ResponseClass>) {
-        match class {
-            Some(class) => self.shared.record(self.trial, class.is_endpoint_failure()),
-            None if self.trial => self.shared.abandon_trial(),
-            None => {}
+        if let Some(class) = class {
+            self.shared.record(self.trial, class.is_endpoint_failure());
         }
     }
 }
@@ -454,7 +482,8 @@ where
                     let class = g.shared.classifier.classify(out.as_ref());
                     let deferred = match (&mut out, class) {
                         // A gRPC response whose status comes in its trailers: recorded when
-                        // the body ends (a trial abandoned with the body gives its place back).
+                        // the body ends. A trial gives its place back now (when the guard
+                        // drops), so that a long stream does not hold the half-open breaker.
                         (Ok(rsp), ResponseClass::Success) => {
                             g.shared.classifier.defer_outcome(rsp, &mut || {
                                 LateOutcome::from_report(Late {
@@ -467,8 +496,8 @@ where
                     };
                     if !deferred {
                         g.shared.record(g.trial, class.is_endpoint_failure());
+                        g.recorded = true;
                     }
-                    g.trial = false; // recorded, or handed over to the late report
                 }
                 Poll::Ready(out)
             }
@@ -492,6 +521,7 @@ mod tests {
                 outcomes: VecDeque::new(),
                 failures: 0,
             }),
+            rounds: Default::default(),
             classifier: ErrorsFail,
         }
     }
@@ -506,17 +536,17 @@ mod tests {
             ..BreakerPolicy::default()
         });
         for i in 0..10 {
-            assert!(!s.admit().unwrap());
-            s.record(false, i % 2 == 0);
+            assert_eq!(s.admit().unwrap(), None);
+            s.record(None, i % 2 == 0);
         }
         assert_eq!(state_of(&s), BreakerState::Open);
         assert!(s.admit().is_err());
         std::thread::sleep(Duration::from_millis(3));
-        assert!(s.admit().unwrap(), "first trial");
-        assert!(s.admit().unwrap(), "second trial");
+        let first = s.admit().unwrap().expect("first trial");
+        let second = s.admit().unwrap().expect("second trial");
         assert!(s.admit().is_err(), "no more trials");
-        s.record(true, false);
-        s.record(true, false);
+        s.record(Some(first), false);
+        s.record(Some(second), false);
         assert_eq!(state_of(&s), BreakerState::Closed);
     }
 
@@ -530,15 +560,49 @@ mod tests {
             ..BreakerPolicy::default()
         });
         for _ in 0..4 {
-            s.record(false, true);
+            s.record(None, true);
         }
         assert_eq!(state_of(&s), BreakerState::Closed, "4 calls < minimum 5");
-        s.record(false, true);
+        s.record(None, true);
         assert_eq!(state_of(&s), BreakerState::Open);
         std::thread::sleep(Duration::from_millis(3));
-        assert!(s.admit().unwrap());
-        s.record(true, true);
+        let trial = s.admit().unwrap().expect("a trial");
+        s.record(Some(trial), true);
         assert_eq!(state_of(&s), BreakerState::Open);
+    }
+
+    #[test]
+    fn released_trials_free_their_place_and_old_rounds_do_not_count() {
+        let s = shared(BreakerPolicy {
+            window_size: 2,
+            minimum_calls: 2,
+            wait_in_open: Duration::from_millis(1),
+            half_open_calls: 1,
+            ..BreakerPolicy::default()
+        });
+        s.record(None, true);
+        s.record(None, true);
+        std::thread::sleep(Duration::from_millis(3));
+        // A streaming trial gives its place back at its head; its outcome comes later.
+        let streaming = s.admit().unwrap().expect("a trial");
+        assert!(s.admit().is_err(), "the only place is taken");
+        s.release_trial(streaming);
+        let next = s.admit().unwrap().expect("the place is free again");
+        s.record(Some(next), true);
+        assert_eq!(
+            state_of(&s),
+            BreakerState::Open,
+            "the failed trial re-opened it"
+        );
+        std::thread::sleep(Duration::from_millis(3));
+        let current = s.admit().unwrap().expect("a trial of the next round");
+        // The stream of the first round ends well: it no longer counts.
+        s.record(Some(streaming), false);
+        s.release_trial(streaming);
+        assert_eq!(state_of(&s), BreakerState::HalfOpen);
+        assert!(s.admit().is_err(), "the old round's release freed nothing");
+        s.record(Some(current), false);
+        assert_eq!(state_of(&s), BreakerState::Closed);
     }
 
     #[test]

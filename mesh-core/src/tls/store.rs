@@ -81,7 +81,7 @@ impl TlsStore {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let material = material::load(&files, &provider)?;
         tracing::info!(identity = %material.identity, cert = %files.cert_chain.display(), "TLS identity loaded");
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
                 files,
                 current: ArcSwap::from_pointee(material),
@@ -97,7 +97,12 @@ impl TlsStore {
                 handshake_failures: Default::default(),
                 watcher: Mutex::new(None),
             }),
-        })
+        };
+        // The provider and protocol versions are fixed from here on: if rustls accepts them
+        // for both sides now, every later `client_config` / `server_config` builds.
+        store.client_config(None, &[])?;
+        store.server_config(&[])?;
+        Ok(store)
     }
 
     /// Re-reads the files now. On error the current material stays and the error is returned,

@@ -134,18 +134,6 @@ impl<B: RequestBody, D: Dialect> Dest<B, D> {
                 "MUTUAL needs a TLS identity: set ClientSettings::tls",
             )));
         }
-        if let Some(store) = settings.tls.as_ref()
-            && config.tls.mode != ClientTlsMode::Disable
-        {
-            // Refuse a destination whose mTLS could not be set up, here, with the reason,
-            // rather than failing every connection later.
-            store.client_config(None, &[]).map_err(|e| {
-                policy_error(PolicyError::new(
-                    "tls",
-                    format!("cannot build a TLS client configuration: {e}"),
-                ))
-            })?;
-        }
         let targets = Arc::new(Targets {
             service: name.clone(),
             protocol,
@@ -271,9 +259,9 @@ fn tls_target(
     let connector = match store.client_config(expected.clone(), alpn) {
         Ok(config) => Ok(tokio_rustls::TlsConnector::from(config)),
         Err(e) => {
-            // The store's material was validated when loaded and `Dest::build` checked that a
-            // configuration can be built, so this is not expected. Connecting in plaintext
-            // instead would be wrong: the endpoint's connections fail with the reason.
+            // `TlsStore` checked when it loaded that its configurations build, so this is not
+            // expected. Connecting in plaintext instead would be wrong: the endpoint's
+            // connections fail with the reason.
             tracing::error!(%service, endpoint = %endpoint.addr, error = %e, "cannot build TLS client configuration");
             Err(Arc::from(e.to_string()))
         }

@@ -133,11 +133,14 @@ pub struct ClientSettings {
     /// a new trace. Default on.
     pub trace_context: bool,
     /// Destinations the mesh resolved on demand (names it was not told about, found with DNS;
-    /// IP literals) that carried no request for at least this long are dropped, with their
-    /// connection pools and DNS refresh, within 1.5 times this; a later request builds them
-    /// again. Configured services, destinations with requests in flight and those held by a
-    /// [`Target`] (or a gRPC channel) are kept. Default 60 s (what Linkerd keeps an idle
-    /// outbound destination for, in the order of its cache max-idle-age); `None`: never.
+    /// IP literals) to which no request was sent for at least this long are dropped, with
+    /// their connection pools and DNS refresh, within 1.5 times this; a later request builds
+    /// them again (their `mesh_client_*` counters then start from zero). Configured services
+    /// are kept, and so are destinations with requests waiting for their response head and
+    /// those held by a [`Target`] (or a gRPC channel): the idle time starts when they are not.
+    /// A response body still streaming when its destination is dropped completes normally.
+    /// Default 60 s (the order of Linkerd's max idle age for outbound destinations); `None`:
+    /// never.
     pub destination_idle_timeout: Option<Duration>,
 }
 
@@ -255,6 +258,9 @@ where
             .map(|a| a.as_str())
             .unwrap_or_default();
         // Fast path: a known authority, routed under the map's guard (no reference counting).
+        // An idle sweep dropping this destination meanwhile leaves the request working (the
+        // guard keeps the old map, and the destination, alive until it is routed); only its
+        // metrics go with the dropped destination.
         if let Some(dest) = self.inner.by_authority.load().get(authority) {
             return Self::route(dest, req);
         }
@@ -367,9 +373,22 @@ where
         let period = (timeout / 2).max(Duration::from_millis(10));
         let inner = Arc::downgrade(&self.inner);
         rt.spawn(async move {
+            // Dropped with the task (the client went away, or its runtime shut down): the next
+            // on-demand destination starts sweeping again, on its own runtime.
+            struct Sweeping<B, D>(std::sync::Weak<Inner<B, D>>);
+            impl<B, D> Drop for Sweeping<B, D> {
+                fn drop(&mut self) {
+                    if let Some(inner) = self.0.upgrade() {
+                        inner.sweeping.store(false, Relaxed);
+                    }
+                }
+            }
+            let sweeping = Sweeping(inner);
             loop {
                 tokio::time::sleep(period).await;
-                let Some(inner) = inner.upgrade() else { return };
+                let Some(inner) = sweeping.0.upgrade() else {
+                    return;
+                };
                 inner.sweep();
             }
         });
@@ -377,23 +396,32 @@ where
 }
 
 impl<B: RequestBody, D: Dialect> Inner<B, D> {
-    /// One pass of the idle sweep: an on-demand destination idle for two whole passes in a row
-    /// (at least the idle timeout), with nothing in flight and no handle on it outside the
-    /// client's maps, is dropped.
+    /// One pass of the idle sweep: an on-demand destination that no request used during two
+    /// whole passes in a row (at least the idle timeout), with nothing in flight and no handle
+    /// on it outside the client's maps, is dropped.
     fn sweep(&self) {
         let mut by_name = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
         let by_authority = self.by_authority.load();
+        // The maps' own references to each destination: by name, and per authority spelling.
+        let mut refs: HashMap<*const Dest<B, D>, usize> = HashMap::new();
+        for d in by_authority.values() {
+            *refs.entry(Arc::as_ptr(d)).or_insert(1) += 1;
+        }
         let before = by_name.len();
         by_name.retain(|name, dest| {
-            if !dest.on_demand || !dest.idle_for_two_sweeps() {
+            if !dest.on_demand {
                 return true;
             }
-            // The maps' own references; anything more is a `Target` or a request being routed.
-            let refs = 1 + by_authority
-                .values()
-                .filter(|d| Arc::ptr_eq(d, dest))
-                .count();
-            if Arc::strong_count(dest) > refs || dest.balancer.in_flight() > 0 {
+            // More references than the maps' are `Target`s (or a request between resolving a
+            // new authority and routing it); requests already routed hold the stack, not the
+            // destination, and show as in flight until their response head.
+            let held = Arc::strong_count(dest) > refs.get(&Arc::as_ptr(dest)).copied().unwrap_or(1);
+            if held || dest.balancer.in_flight() > 0 {
+                // Busy: the idle time starts when it no longer is.
+                dest.touch();
+                return true;
+            }
+            if !dest.idle_for_two_sweeps() {
                 return true;
             }
             tracing::debug!(service = %name, "idle destination dropped");
@@ -489,4 +517,102 @@ fn inject_trace_context<B>(req: &mut Request<B>) -> Option<TraceContext> {
         req.headers_mut().insert(&TRACESTATE_HEADER, v);
     }
     Some(ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+    use bytes::Bytes;
+    use http_body_util::{Empty, Full};
+    use hyper_util::rt::TokioIo;
+    use mesh_core::Mesh;
+    use tokio::sync::Notify;
+
+    use super::{ClientSettings, MeshClient};
+
+    /// A server that answers once `release` is notified.
+    async fn gated_server(release: Arc<Notify>) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let release = release.clone();
+                let svc = hyper::service::service_fn(move |_req| {
+                    let release = release.clone();
+                    async move {
+                        release.notified().await;
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn idle_sweeps_count_from_the_last_request_or_response() {
+        let release = Arc::new(Notify::new());
+        let addr = gated_server(release.clone()).await;
+        let mesh = Mesh::builder().without_dns_fallback().build().unwrap();
+        // No sweeping task: the sweeps are run by hand.
+        let client = MeshClient::<Empty<Bytes>>::with_settings(
+            mesh,
+            ClientSettings {
+                destination_idle_timeout: None,
+                ..ClientSettings::default()
+            },
+        );
+        let name = addr.to_string().parse().unwrap();
+        let get = || {
+            http::Request::get(format!("http://{addr}/"))
+                .body(Empty::new())
+                .unwrap()
+        };
+
+        // In flight across many sweeps: kept.
+        let in_flight = tokio::spawn(client.request(get()));
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while client.endpoints(&name).is_none_or(|e| e[0].in_flight == 0) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the request reaches its endpoint");
+        for _ in 0..5 {
+            client.inner.sweep();
+        }
+        assert!(client.stats(&name).is_some(), "dropped while in flight");
+        release.notify_one();
+        assert_eq!(in_flight.await.unwrap().unwrap().status(), 200);
+
+        // Answered: two whole idle sweeps after the one that saw it busy, then dropped.
+        for sweep in 1..=2 {
+            client.inner.sweep();
+            assert!(client.stats(&name).is_some(), "dropped at sweep {sweep}");
+        }
+        client.inner.sweep();
+        assert!(client.stats(&name).is_none(), "kept although idle");
+
+        // Built again by the next request; a `Target` holds it however idle.
+        release.notify_one();
+        let target = client.target(&addr.to_string()).unwrap();
+        assert_eq!(client.request(get()).await.unwrap().status(), 200);
+        for _ in 0..5 {
+            client.inner.sweep();
+        }
+        assert!(
+            client.stats(&name).is_some(),
+            "dropped while a Target held it"
+        );
+        drop(target);
+        for _ in 0..3 {
+            client.inner.sweep();
+        }
+        assert!(client.stats(&name).is_none());
+    }
 }

@@ -235,9 +235,17 @@ impl<B: Body> Body for MetricsBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let mut inner = this.inner;
+        let frame = ready!(inner.as_mut().poll_frame(cx));
         if let Some(pending) = this.pending.as_ref() {
-            if let Some(key) = status_of_frame(&frame) {
+            let key = status_of_frame(&frame).or_else(|| {
+                // The last data frame of a body that ends without the trailers gRPC requires
+                // (hyper polls no further once the body says it has ended).
+                inner
+                    .is_end_stream()
+                    .then_some(StatusKey::error(ErrorKind::Other))
+            });
+            if let Some(key) = key {
                 pending.finish(key);
                 *this.pending = None;
             }
