@@ -90,7 +90,9 @@ impl Dialect for Grpc {
         // The time left, measured now: what the server gets for this attempt.
         if let Some(deadline) = Deadline::of(req) {
             let value = grpc_timeout::encode(deadline.remaining());
-            if let Ok(v) = HeaderValue::from_str(&value) {
+            if let Ok(mut v) = HeaderValue::from_str(&value) {
+                // Different on every call: kept out of HPACK's dynamic table.
+                mesh_hyper::client::no_hpack_indexing(&mut v);
                 req.headers_mut()
                     .insert(&grpc_timeout::GRPC_TIMEOUT_HEADER, v);
             }
@@ -132,6 +134,22 @@ mod tests {
             b = b.header("grpc-status", g);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn grpc_timeout_is_set_per_attempt_and_kept_out_of_hpack_tables() {
+        let mut req = http::Request::new(());
+        Deadline::after(std::time::Duration::from_secs(2)).apply(&mut req);
+        Grpc.before_send(&mut req);
+        let v = &req.headers()[&grpc_timeout::GRPC_TIMEOUT_HEADER];
+        assert!(
+            v.is_sensitive(),
+            "a per-call value must not be HPACK-indexed"
+        );
+        let left = grpc_timeout::decode(v.to_str().unwrap()).unwrap();
+        assert!(
+            left <= std::time::Duration::from_secs(2) && left > std::time::Duration::from_secs(1)
+        );
     }
 
     #[test]
