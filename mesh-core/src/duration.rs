@@ -2,7 +2,7 @@
 //!
 //! Istio's resources (`timeout: 10s`, `baseEjectionTime: 3m`, `connectTimeout: 30ms`) use Go's
 //! duration syntax: one or more decimal numbers, each with a unit (`ns`, `us`/`µs`, `ms`, `s`, `m`,
-//! `h`), e.g. `1.5s` or `1h30m`. [`parse`] accepts exactly that (no sign), [`format`] writes the
+//! `h`), e.g. `1.5s` or `1h30m`. [`parse`] accepts exactly that (no sign), [`format()`] writes the
 //! shortest exact form, and [`serde`](mod@self::serde) plugs both into `#[serde(with = ...)]`.
 //!
 //! ```

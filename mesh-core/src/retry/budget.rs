@@ -29,7 +29,7 @@ struct Slot {
     value: AtomicI64,
 }
 
-/// A lock-free retry budget (see the [module docs](self)).
+/// A lock-free retry budget (see the [module docs](crate::retry)).
 pub struct RetryBudget {
     slots: [Slot; SLOTS],
     slot_ns: u64,

@@ -13,7 +13,7 @@
 //!
 //! Each retry must also find: the body still replayable (bodies up to `maxReplayBytes`, 64 KiB
 //! by default, are recorded while sent — see [`ReplayBody`]; bigger ones are sent once), time
-//! left before the request's [`Deadline`](crate::deadline::Deadline), a free retry slot
+//! left before the request's [`Deadline`], a free retry slot
 //! (`maxConcurrentRetries`) and a token in the **retry budget** ([`RetryBudget`]), which lets
 //! retries add `ratio` (20 %) of the requests of the last `ttl` (10 s) plus `minPerSecond` (10)
 //! per second, like Linkerd and Finagle. When any of these is missing, the failure of the last

@@ -42,7 +42,7 @@ pub enum ReplayError {
 }
 
 /// A request body that records what it sends so that it can be sent again. See the
-/// [module docs](self).
+/// [module docs](crate::retry).
 pub struct ReplayBody<B> {
     kind: Kind<B>,
 }

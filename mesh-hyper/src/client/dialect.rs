@@ -22,7 +22,7 @@ use tower::ServiceExt;
 use super::{ClientSettings, RequestBody, endpoint::TlsTarget};
 use crate::{Error, HttpClassifier, client::HttpEndpoint};
 
-/// A protocol spoken over the meshed client. See the [module docs](self).
+/// A protocol spoken over the meshed client. See the [module docs](crate::client).
 pub trait Dialect: Classify<Response<Incoming>, Error> + Clone + Send + Sync + 'static {
     /// The HTTP version used to reach a destination configured with `configured`.
     fn protocol(&self, configured: Protocol) -> Protocol {
