@@ -103,7 +103,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let telemetry = Telemetry::new(&mut registry);
     let admin = TcpListener::bind("127.0.0.1:0").await?;
     let admin_addr = admin.local_addr()?;
-    tokio::spawn(serve(
+    let admin_task = tokio::spawn(serve(
         admin,
         Acceptor::plaintext(),
         AdminService::new(std::sync::Arc::new(registry), telemetry.clone()),
@@ -159,5 +159,11 @@ from http://{admin_addr}/metrics:"
     }) {
         println!("  {line}");
     }
+    // Stop watching the endpoints file (the admin task's telemetry and the client hold the
+    // mesh) before its directory is removed.
+    admin_task.abort();
+    let _ = admin_task.await;
+    drop(client);
+    drop(dir);
     Ok(())
 }
