@@ -6,6 +6,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use mesh_core::{
@@ -36,7 +37,13 @@ const TLS_HANDSHAKE: u8 = 0x16;
 pub struct Acceptor {
     tls: Option<(TlsAcceptor, TlsStore)>,
     mode: ServerTlsMode,
+    handshake_timeout: Duration,
 }
+
+/// Time a client gets to send its first bytes and finish the TLS handshake. 10 s: Linkerd's
+/// inbound protocol-detection timeout; a client that connects and says nothing must not hold a
+/// task (and a file descriptor) for ever.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection could not be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +59,14 @@ pub enum AcceptError {
         /// rustls' reason.
         #[source]
         source: io::Error,
+    },
+    /// The client sent nothing, or did not finish its handshake, in time.
+    #[error("connection from {peer}: no complete handshake within {}", mesh_core::duration::format(*waited))]
+    TimedOut {
+        /// The client.
+        peer: SocketAddr,
+        /// The time it had.
+        waited: Duration,
     },
     /// Reading the first bytes failed.
     #[error("connection from {peer}: {source}")]
@@ -79,7 +94,11 @@ impl Acceptor {
                 Some((TlsAcceptor::from(Arc::clone(&config)), store))
             }
         };
-        Ok(Self { tls, mode })
+        Ok(Self {
+            tls,
+            mode,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        })
     }
 
     /// A plaintext-only acceptor.
@@ -87,7 +106,16 @@ impl Acceptor {
         Self {
             tls: None,
             mode: ServerTlsMode::Disable,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
+    }
+
+    /// The same acceptor with another handshake timeout (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]): the time from accepting the TCP connection to knowing
+    /// whether it speaks TLS and, if so, to the end of the handshake.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
     }
 
     /// The mode.
@@ -96,6 +124,8 @@ impl Acceptor {
     }
 
     /// Accepts one connection: the stream to serve and the peer's identity (none for plaintext).
+    /// With TLS configured, the first bytes and the handshake must arrive within the handshake
+    /// timeout.
     pub async fn accept(
         &self,
         tcp: TcpStream,
@@ -107,6 +137,22 @@ impl Acceptor {
         let Some((acceptor, store)) = &self.tls else {
             return Ok((ServerStream::Plain(tcp), PeerIdentity(None)));
         };
+        let waited = self.handshake_timeout;
+        tokio::time::timeout(waited, self.accept_tls(tcp, peer, acceptor, store))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::debug!(%peer, ?waited, "no complete handshake in time");
+                Err(AcceptError::TimedOut { peer, waited })
+            })
+    }
+
+    async fn accept_tls(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        acceptor: &TlsAcceptor,
+        store: &TlsStore,
+    ) -> Result<(ServerStream, PeerIdentity), AcceptError> {
         let is_tls = {
             let mut first = [0u8; 1];
             match tcp.peek(&mut first).await {

@@ -43,11 +43,11 @@ mod serve;
 mod trace_context;
 
 pub use self::{
-    accept::{AcceptError, Acceptor, ServerStream},
+    accept::{AcceptError, Acceptor, DEFAULT_HANDSHAKE_TIMEOUT, ServerStream},
     authz::{Authz, AuthzLayer},
     metrics::{Metrics, MetricsBody, MetricsFuture, MetricsLayer},
     rate_limit::{RateLimit, RateLimitLayer, RateLimitRule, RateLimited},
-    serve::{WithPeer, serve},
+    serve::{WithPeer, serve, serve_with_shutdown},
     trace_context::{
         PropagateFuture, PropagateTrace, TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceBody,
         TraceContextLayer, incoming_trace_context,
