@@ -18,6 +18,7 @@ use std::{
 use bytes::Bytes;
 use common::get;
 use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
 use mesh::{
     core::{Endpoint, Mesh, Protocol, ServiceConfig, discover::StaticSource, tls::ServerTlsMode},
     hyper::{
@@ -87,12 +88,35 @@ fn client(addr: SocketAddr, protocol: Protocol) -> MeshClient<Empty<Bytes>> {
     MeshClient::new(mesh)
 }
 
+/// An HTTP/1.1 connection of its own that has served one request and stays open, idle; the
+/// task ends when the server closes it.
+async fn idle_connection(addr: SocketAddr) -> JoinHandle<()> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = http::Request::get("/fast")
+        .header(http::header::HOST, "orders.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let rsp = sender.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    rsp.into_body().collect().await.unwrap();
+    tokio::spawn(async move {
+        // Keeps the connection open (dropping the sender would close it from this side).
+        let _sender = sender;
+        std::future::pending::<()>().await
+    });
+    task
+}
+
 async fn drains_in_flight_requests_then_refuses_connections(protocol: Protocol) {
     let server = gated(Acceptor::plaintext()).await;
     let client = client(server.addr, protocol);
-    // A connection that has served a request and is idle, and one request in flight.
-    let warm = client.request(get(&format!("http://{SVC}/fast"))).await;
-    assert_eq!(warm.unwrap().status(), 200);
+    let idle = idle_connection(server.addr).await;
     let in_flight = tokio::spawn(client.request(get(&format!("http://{SVC}/slow"))));
     assert!(
         common::eventually(Duration::from_secs(5), async || {
@@ -111,6 +135,11 @@ async fn drains_in_flight_requests_then_refuses_connections(protocol: Protocol) 
         .await,
         "still accepting after shutdown"
     );
+    // ...the idle connection is closed by the server...
+    tokio::time::timeout(Duration::from_secs(5), idle)
+        .await
+        .expect("the idle connection was not closed")
+        .unwrap();
     // ...while the request in flight keeps the server draining, not gone.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
@@ -166,11 +195,36 @@ async fn silent_clients_are_let_go_and_do_not_hold_up_a_shutdown() {
     // With the default (10 s) timeout, a silent client in its handshake does not hold up a
     // shutdown either.
     let server = gated(acceptor.with_handshake_timeout(Duration::from_secs(10))).await;
-    let _silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.stop.notify_one();
     tokio::time::timeout(Duration::from_secs(3), server.task)
         .await
         .expect("a handshake in progress held up the shutdown")
         .unwrap();
+    // Accepted, then let go (a connection never accepted would be reset instead).
+    let read = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+}
+
+#[tokio::test]
+async fn a_drain_that_runs_out_of_time_closes_what_is_left() {
+    let server = gated(Acceptor::plaintext()).await;
+    let client = client(server.addr, Protocol::Http1);
+    let in_flight = tokio::spawn(client.request(get(&format!("http://{SVC}/slow"))));
+    assert!(
+        common::eventually(Duration::from_secs(5), async || {
+            server.entered.load(Ordering::SeqCst) == 1
+        })
+        .await
+    );
+    server.stop.notify_one();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The application's bound on the drain ran out: the server's future is dropped.
+    server.task.abort();
+    let result = tokio::time::timeout(Duration::from_secs(5), in_flight)
+        .await
+        .expect("the connection outlived its server")
+        .unwrap();
+    assert!(result.is_err(), "the request never released got an answer");
 }

@@ -138,27 +138,18 @@ impl Acceptor {
             return Ok((ServerStream::Plain(tcp), PeerIdentity(None)));
         };
         let waited = self.handshake_timeout;
-        tokio::time::timeout(waited, self.accept_tls(tcp, peer, acceptor, store))
-            .await
-            .unwrap_or_else(|_| {
-                tracing::debug!(%peer, ?waited, "no complete handshake in time");
-                Err(AcceptError::TimedOut { peer, waited })
-            })
-    }
-
-    async fn accept_tls(
-        &self,
-        tcp: TcpStream,
-        peer: SocketAddr,
-        acceptor: &TlsAcceptor,
-        store: &TlsStore,
-    ) -> Result<(ServerStream, PeerIdentity), AcceptError> {
+        let deadline = tokio::time::Instant::now() + waited;
+        let timed_out = || {
+            tracing::debug!(%peer, ?waited, "no complete handshake in time");
+            AcceptError::TimedOut { peer, waited }
+        };
         let is_tls = {
             let mut first = [0u8; 1];
-            match tcp.peek(&mut first).await {
-                Ok(0) => false,
-                Ok(_) => first[0] == TLS_HANDSHAKE,
-                Err(source) => return Err(AcceptError::Io { peer, source }),
+            match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+                Err(_) => return Err(timed_out()),
+                Ok(Ok(0)) => false,
+                Ok(Ok(_)) => first[0] == TLS_HANDSHAKE,
+                Ok(Err(source)) => return Err(AcceptError::Io { peer, source }),
             }
         };
         if !is_tls {
@@ -173,11 +164,19 @@ impl Acceptor {
                 }
             };
         }
-        let stream = acceptor.accept(tcp).await.map_err(|source| {
-            let reason = store.count_handshake_failure(TlsSide::Server, &source);
-            tracing::debug!(%peer, error = %source, reason = reason.as_str(), "TLS handshake failed");
-            AcceptError::Handshake { peer, source }
-        })?;
+        let stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(handshaken) => handshaken.map_err(|source| {
+                let reason = store.count_handshake_failure(TlsSide::Server, &source);
+                tracing::debug!(%peer, error = %source, reason = reason.as_str(), "TLS handshake failed");
+                AcceptError::Handshake { peer, source }
+            })?,
+            Err(_) => {
+                // A ClientHello came, the rest did not: a failed handshake for the metrics.
+                let error = io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out");
+                store.count_handshake_failure(TlsSide::Server, &error);
+                return Err(timed_out());
+            }
+        };
         store.count_handshake(TlsSide::Server);
         let identity = stream
             .get_ref()

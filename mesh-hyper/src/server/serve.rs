@@ -9,12 +9,12 @@ use std::{
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
 use mesh_core::identity::PeerIdentity;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tower_service::Service;
 
 use super::Acceptor;
@@ -55,8 +55,8 @@ where
 /// mode), and serves `service` on it with hyper (HTTP/1.1 and HTTP/2, by ALPN or prior
 /// knowledge). Requests carry [`PeerIdentity`] in their extensions. Connection
 /// errors are logged at `debug` and do not stop the server; accept errors (out of file
-/// descriptors) are logged and retried after a short pause. [`serve_with_shutdown`] is the same
-/// with a graceful end.
+/// descriptors) are logged and retried after a short pause. Connections belong to the server:
+/// dropping (aborting) it closes them. [`serve_with_shutdown`] is the same with a graceful end.
 pub async fn serve<S, B>(listener: TcpListener, acceptor: Acceptor, service: S) -> Infallible
 where
     S: Service<http::Request<Incoming>, Response = http::Response<B>>
@@ -75,12 +75,17 @@ where
     std::future::pending().await
 }
 
-/// [`serve`] until `shutdown` completes (a SIGTERM, say: what Kubernetes sends before it
-/// removes a pod), then drains: the listener is closed, handshakes in progress are dropped, and
-/// every connection is asked to finish gracefully — HTTP/1.1 connections close after the
-/// response in progress, HTTP/2 ones get a `GOAWAY` and finish the streams they have. Returns
-/// when the last connection has ended. Bound the drain with a timeout when a client may hold a
-/// stream open (Kubernetes' own bound is the pod's termination grace period):
+/// [`serve`] until `shutdown` completes (the application passes its signal in: SIGTERM, say,
+/// which Kubernetes sends while it removes the pod from the service's endpoints; a `preStop`
+/// delay, or a short sleep before the signal completes, lets clients stop routing here first),
+/// then drains: the listener is closed, handshakes in progress are dropped, idle connections are
+/// closed, an HTTP/1.1 connection with a request in progress closes after its response, and an
+/// HTTP/2 connection gets a `GOAWAY` and finishes the streams it has. Returns when the last
+/// connection has ended.
+///
+/// **Always bound the drain** (Kubernetes' own bound is the pod's termination grace period): a
+/// client can keep a stream open, or not answer HTTP/2's closing ping. Dropping the future —
+/// the timeout below — closes every connection still open.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -115,6 +120,8 @@ pub async fn serve_with_shutdown<S, B>(
     let graceful = GracefulShutdown::new();
     // Tells connections still in their handshake to give up.
     let (stop, stopped) = watch::channel(false);
+    // Owned by this future: dropping it (a bounded drain that ran out) closes them all.
+    let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (tcp, addr) = tokio::select! {
@@ -126,6 +133,8 @@ pub async fn serve_with_shutdown<S, B>(
                     continue;
                 }
             },
+            // Finished connections leave the set.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
@@ -134,7 +143,7 @@ pub async fn serve_with_shutdown<S, B>(
         // Taken now, so that the drain waits for this connection whatever stage it is at.
         let watcher = graceful.watcher();
         let mut stopped = stopped.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let accepted = tokio::select! {
                 accepted = acceptor.accept(tcp) => accepted,
                 _ = stopped.wait_for(|stop| *stop) => return,
@@ -147,7 +156,11 @@ pub async fn serve_with_shutdown<S, B>(
                 }
             };
             let svc = TowerToHyperService::new(WithPeer::new(service, identity));
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // With a timer, hyper applies its 30 s limit on reading a request head: a client
+            // that sends half a request cannot hold the connection (or a drain) for ever.
+            builder.http1().timer(TokioTimer::new());
+            builder.http2().timer(TokioTimer::new());
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%addr, error = %e, "connection ended with an error");
@@ -161,5 +174,6 @@ pub async fn serve_with_shutdown<S, B>(
         "server shutting down: draining connections"
     );
     graceful.shutdown().await;
+    drop(connections);
     tracing::info!("server drained");
 }
