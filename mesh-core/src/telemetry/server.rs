@@ -43,22 +43,24 @@ impl Decision {
     }
 }
 
-/// Counters of inbound requests: per (caller, decision), and per caller the final statuses,
+/// Counters of inbound requests per caller: authorization decisions, and the final statuses,
 /// latency and requests in flight. Recording takes a read lock and a few atomic adds once the
 /// caller has been seen.
 #[derive(Debug, Default)]
 pub struct ServerMetrics {
-    callers: RwLock<HashMap<Box<str>, [AtomicU64; 2]>>,
-    inbound: RwLock<HashMap<Box<str>, Arc<CallerMetrics>>>,
+    callers: RwLock<HashMap<Box<str>, Arc<CallerMetrics>>>,
 }
 
 /// One caller's inbound requests: final statuses and latency (the same bounded status set
-/// and buckets as the client's, see [`RequestMetrics`]), and how many are in flight.
+/// and buckets as the client's, see [`RequestMetrics`]), how many are in flight, and what
+/// authorization decided.
 #[derive(Debug, Default)]
 pub struct CallerMetrics {
     /// Requests by final status, and their latency to the response head.
     pub requests: Arc<RequestMetrics>,
     in_flight: AtomicI64,
+    /// By [`Decision`].
+    decisions: [AtomicU64; 2],
 }
 
 impl CallerMetrics {
@@ -73,45 +75,42 @@ impl CallerMetrics {
     }
 }
 
-/// The entry for `caller` in a map keyed by caller label: `none` for plaintext, the SPIFFE ID,
-/// or `other` once [`MAX_CALLERS`] identities have their own.
-fn entry<V: Default, R>(
-    map: &RwLock<HashMap<Box<str>, V>>,
-    caller: Option<&SpiffeId>,
-    f: impl Fn(&V) -> R,
-) -> R {
-    let label = caller.map_or(NO_IDENTITY, SpiffeId::as_str);
-    {
-        let map = map.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = map.get(label) {
-            return f(v);
-        }
-    }
-    let mut map = map.write().unwrap_or_else(|e| e.into_inner());
-    let key = if map.len() >= MAX_CALLERS && !map.contains_key(label) {
-        OTHER
-    } else {
-        label
-    };
-    f(map.entry(key.into()).or_default())
-}
-
 impl ServerMetrics {
+    /// Runs `f` on the entry of `caller` (`None`: plaintext), labelled `none`, by its SPIFFE
+    /// ID, or `other` once [`MAX_CALLERS`] identities have their own.
+    fn with_caller<R>(&self, caller: Option<&SpiffeId>, f: impl Fn(&Arc<CallerMetrics>) -> R) -> R {
+        let label = caller.map_or(NO_IDENTITY, SpiffeId::as_str);
+        {
+            let map = self.callers.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = map.get(label) {
+                return f(c);
+            }
+        }
+        let mut map = self.callers.write().unwrap_or_else(|e| e.into_inner());
+        let key = if map.len() >= MAX_CALLERS && !map.contains_key(label) {
+            OTHER
+        } else {
+            label
+        };
+        f(map.entry(key.into()).or_default())
+    }
+
     /// Counts one request from `caller` (`None`: plaintext) that authorization decided.
     pub fn record(&self, caller: Option<&SpiffeId>, decision: Decision) {
-        entry(&self.callers, caller, |c| {
-            c[decision as usize].fetch_add(1, Relaxed);
+        self.with_caller(caller, |c| {
+            c.decisions[decision as usize].fetch_add(1, Relaxed);
         });
     }
 
     /// The inbound metrics of `caller` (`None`: plaintext), for a server's metrics layer.
     pub fn caller(&self, caller: Option<&SpiffeId>) -> Arc<CallerMetrics> {
-        entry(&self.inbound, caller, Arc::clone)
+        self.with_caller(caller, Arc::clone)
     }
 
-    /// Inbound requests by caller: statuses, latency, in flight; sorted by caller.
+    /// Inbound requests by caller, for the callers a metrics layer has seen: statuses,
+    /// latency, in flight; sorted by caller.
     pub fn inbound(&self) -> Vec<InboundSnapshot> {
-        let map = self.inbound.read().unwrap_or_else(|e| e.into_inner());
+        let map = self.callers.read().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<_> = map
             .iter()
             .map(|(caller, m)| InboundSnapshot {
@@ -120,6 +119,8 @@ impl ServerMetrics {
                 latency: m.requests.latency(),
                 in_flight: m.in_flight.load(Relaxed).max(0) as u64,
             })
+            // Callers only authorization has seen (a server without the metrics layer).
+            .filter(|c| c.in_flight > 0 || c.latency.count > 0 || !c.requests.is_empty())
             .collect();
         v.sort_by(|a, b| a.caller.cmp(&b.caller));
         v
@@ -134,7 +135,7 @@ impl ServerMetrics {
                 [Decision::Allow, Decision::Deny]
                     .into_iter()
                     .filter_map(|d| {
-                        let count = c[d as usize].load(Relaxed);
+                        let count = c.decisions[d as usize].load(Relaxed);
                         (count > 0).then(|| CallerCount {
                             caller: caller.to_string(),
                             decision: d.as_str(),
@@ -222,7 +223,7 @@ mod tests {
             let id: SpiffeId = format!("spiffe://cluster.local/ns/default/sa/s{i}")
                 .parse()
                 .unwrap();
-            m.caller(Some(&id));
+            m.caller(Some(&id)).requests.count(StatusKey::http(200));
         }
         let snap = m.inbound();
         assert_eq!(snap.len(), MAX_CALLERS + 1);

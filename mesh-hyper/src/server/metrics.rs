@@ -126,42 +126,35 @@ impl Record {
         }
     }
 
+    /// Records the latency, and the status when it is known (`None`: it comes later).
+    fn finish(&mut self, key: Option<StatusKey>) {
+        self.counted = true;
+        self.metrics.requests.observe(self.start.elapsed());
+        if let Some(key) = key {
+            self.metrics.requests.count(key);
+        }
+    }
+
     /// Counts a response head; returns the status still to come, for a gRPC response whose
     /// status is in its trailers.
     fn response(&mut self, status: StatusCode, headers: &http::HeaderMap) -> Option<PendingStatus> {
-        self.counted = true;
-        let requests = &self.metrics.requests;
-        requests.observe(self.start.elapsed());
         let key = if !self.grpc {
-            StatusKey::http(status.as_u16())
+            Some(StatusKey::http(status.as_u16()))
         } else if status != StatusCode::OK {
-            StatusKey::grpc(code_from_http(status))
-        } else if let Some(code) = grpc_status_of(headers) {
-            StatusKey::grpc(code)
+            Some(StatusKey::grpc(code_from_http(status)))
         } else {
-            return Some(PendingStatus::new(requests.clone()));
+            grpc_status_of(headers).map(StatusKey::grpc)
         };
-        requests.count(key);
-        None
-    }
-
-    /// Counts a handler error.
-    fn error(&mut self) {
-        self.counted = true;
-        self.metrics.requests.observe(self.start.elapsed());
-        self.metrics
-            .requests
-            .count(StatusKey::error(ErrorKind::Other));
+        self.finish(key);
+        key.is_none()
+            .then(|| PendingStatus::new(self.metrics.requests.clone()))
     }
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
         if !self.counted {
-            self.metrics.requests.observe(self.start.elapsed());
-            self.metrics
-                .requests
-                .count(StatusKey::error(ErrorKind::Cancelled));
+            self.finish(Some(StatusKey::error(ErrorKind::Cancelled)));
         }
         self.metrics.finished();
     }
@@ -198,7 +191,7 @@ where
                 }))
             }
             Err(e) => {
-                record.error();
+                record.finish(Some(StatusKey::error(ErrorKind::Other)));
                 Err(e)
             }
         })
