@@ -203,3 +203,67 @@ async fn invalid_file_at_start_is_an_error_naming_path_and_field() {
     assert!(msg.contains("endpoints.json"), "{msg}");
     assert!(msg.contains("[0].weight"), "{msg}");
 }
+
+#[tokio::test]
+async fn a_non_atomic_rewrite_of_the_file_fails_no_request() {
+    // Editors and some deploy tools truncate the file, then write it: a reader can see it
+    // empty. An empty file must not be read as "no services".
+    let (a, b) = (backend("a").await, backend("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("endpoints.yaml");
+    let good = endpoints_yaml(&[&a, &b]);
+    std::fs::write(&path, &good).unwrap();
+    let source = FileSource::open(&path).unwrap();
+    let mesh = Mesh::builder()
+        .service_with("reviews.test:9080", source.clone(), round_robin())
+        .without_dns_fallback()
+        .build()
+        .unwrap();
+    let client = MeshClient::new(mesh);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && tokio::time::Instant::now() < deadline
+            {
+                match client.request(get("http://reviews.test:9080/")).await {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            (ok, failed)
+        })
+    };
+    for round in 0..5 {
+        // Truncate, pause past the watcher's debounce, write the same content again.
+        std::fs::File::create(&path).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        std::fs::write(&path, &good).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            eventually(Duration::from_secs(10), async || source
+                .last_error()
+                .is_none())
+            .await,
+            "round {round}: the rewritten file was not applied"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 100, "only {ok} requests were sent");
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+    assert!(
+        source.rejections() >= 1,
+        "the empty file was never seen: the test proved nothing"
+    );
+    let last = source.recent_errors();
+    assert!(
+        last.iter()
+            .any(|(_, e)| e.to_string().contains("the file is empty")),
+        "{last:?}"
+    );
+}

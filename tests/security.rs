@@ -181,11 +181,24 @@ async fn client_refuses_a_server_with_another_identity() {
         None,
     )
     .await;
+    let client_store = pki.store("productpage", "productpage");
     let c = client(
-        Some(pki.store("productpage", "productpage")),
+        Some(client_store.clone()),
         Endpoint::new(addr).identity(id("ratings")),
     );
     let err = c.request(get(URI)).await.unwrap_err();
+    // Not retried: the same endpoint would prove the same wrong identity (one handshake, not
+    // one per attempt).
+    let name = "reviews.test:9080".parse().unwrap();
+    assert_eq!(c.stats(&name).unwrap().retries.retries, 0);
+    let failed: u64 = client_store
+        .handshake_counts()
+        .client
+        .failed
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(failed, 1, "{:?}", client_store.handshake_counts());
     match &err {
         Error::IdentityMismatch { mismatch, .. } => {
             assert_eq!(mismatch.expected, id("ratings"));

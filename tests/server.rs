@@ -228,3 +228,144 @@ async fn a_drain_that_runs_out_of_time_closes_what_is_left() {
         .unwrap();
     assert!(result.is_err(), "the request never released got an answer");
 }
+
+/// Connects, sends `bytes`, and measures how long the server keeps the connection open.
+async fn kept_open_for(addr: SocketAddr, bytes: &[u8]) -> Duration {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let start = Instant::now();
+    tcp.write_all(bytes).await.unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await {
+            Err(_) => panic!("the server kept a connection that sent {bytes:?} for 5 s"),
+            // Closed (possibly after a reply such as HTTP/2's GOAWAY or a 408).
+            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_and_half_speaking_clients_are_let_go_in_every_mode() {
+    let pki = common::pki::Pki::new();
+    let timeout = Duration::from_millis(300);
+    let acceptors = [
+        ("plaintext", Acceptor::plaintext()),
+        (
+            "PERMISSIVE",
+            Acceptor::new(
+                Some(pki.store("orders", "orders")),
+                ServerTlsMode::Permissive,
+            )
+            .unwrap(),
+        ),
+    ];
+    let h2_preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    for (mode, acceptor) in acceptors {
+        let server = gated(acceptor.with_handshake_timeout(timeout)).await;
+        let cases: [(&str, &[u8]); 4] = [
+            ("nothing", b""),
+            ("one byte of the preface", b"P"),
+            ("half the HTTP/2 preface", &h2_preface[..10]),
+            ("the preface without SETTINGS", h2_preface),
+        ];
+        for (what, bytes) in cases {
+            let open = kept_open_for(server.addr, bytes).await;
+            assert!(
+                open >= timeout.mul_f32(0.8) && open < Duration::from_secs(3),
+                "{mode}, {what}: kept open {open:?}"
+            );
+        }
+        // Real clients are still served over HTTP/1.1 and HTTP/2 (prior knowledge).
+        for protocol in [Protocol::Http1, Protocol::Http2] {
+            let rsp = client(server.addr, protocol)
+                .request(get(&format!("http://{SVC}/fast")))
+                .await
+                .unwrap();
+            assert_eq!(rsp.status(), 200, "{mode} {protocol:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn hundreds_of_silent_clients_are_closed_while_real_ones_are_served() {
+    let server =
+        gated(Acceptor::plaintext().with_handshake_timeout(Duration::from_millis(500))).await;
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let start = Instant::now();
+    let client = client(server.addr, Protocol::Http1);
+    let rsp = client
+        .request(get(&format!("http://{SVC}/fast")))
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert!(
+        start.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        start.elapsed()
+    );
+    // Every silent one is closed by the server once its time is up.
+    let mut buf = [0u8; 1];
+    for (i, tcp) in silent.iter_mut().enumerate() {
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "silent client {i}: {read:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    use mesh::hyper::server::{ServerSettings, serve_with_settings};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+    });
+    let settings = ServerSettings {
+        idle_timeout: Some(Duration::from_millis(400)),
+        ..ServerSettings::default()
+    };
+    let server = tokio::spawn(serve_with_settings(
+        listener,
+        Acceptor::plaintext(),
+        settings,
+        svc,
+        std::future::pending(),
+    ));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    // Busy for longer than the idle timeout: requests one after another keep it open.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let req = http::Request::get("http://orders.test/")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let rsp = sender.send_request(req).await.unwrap();
+        rsp.into_body().collect().await.unwrap();
+    }
+    assert!(!conn.is_finished(), "closed while in use");
+    let idle_from = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the idle HTTP/2 connection stayed open")
+        .unwrap()
+        .unwrap();
+    assert!(
+        idle_from.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        idle_from.elapsed()
+    );
+    server.abort();
+}

@@ -55,6 +55,11 @@ pub enum FailureKind {
     /// No connection could be made (refused, unreachable, connect timeout, TLS handshake).
     /// The server never saw the request.
     Connect,
+    /// The endpoint's TLS identity is not the one expected for it (an mTLS peer proving another
+    /// SPIFFE ID). The server never saw the request; it counts against the endpoint, but it is
+    /// never retried: a mismatch is a misconfiguration or an impostor, not a passing fault, and
+    /// the same endpoint answers the same way (outlier detection takes it out of rotation).
+    Identity,
     /// The server refused the request before processing it (HTTP/2 `REFUSED_STREAM`, or a
     /// `GOAWAY` that did not cover the stream). Safe to retry whatever the method.
     Refused,
@@ -80,6 +85,7 @@ impl FailureKind {
         matches!(
             self,
             FailureKind::Connect
+                | FailureKind::Identity
                 | FailureKind::Refused
                 | FailureKind::NoEndpoints
                 | FailureKind::Local
@@ -108,6 +114,7 @@ impl fmt::Display for FailureKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FailureKind::Connect => f.write_str("connect failure"),
+            FailureKind::Identity => f.write_str("identity mismatch"),
             FailureKind::Refused => f.write_str("refused before processing"),
             FailureKind::NoEndpoints => f.write_str("no endpoints"),
             FailureKind::Local => f.write_str("refused locally"),

@@ -43,6 +43,7 @@ pub mod telemetry;
 pub mod timeout;
 pub mod tls;
 pub mod trace_context;
+pub mod yaml;
 
 pub use self::policy_error::PolicyError;
 pub use self::{

@@ -7,6 +7,7 @@
 //! | status < 500 | success (a 4xx is the caller's problem, not the endpoint's) |
 //! | status ≥ 500 | `Failure(Status(code))` |
 //! | connect error (refused, unreachable, connect timeout) | `Failure(Connect)` — never reached the server |
+//! | the endpoint proved another SPIFFE identity | `Failure(Identity)` — never retried |
 //! | HTTP/2 `REFUSED_STREAM` | `Failure(Refused)` — never processed |
 //! | HTTP/2 `GOAWAY` (graceful) before the stream was processed | `Failure(Refused)` |
 //! | no endpoints | `Failure(NoEndpoints)` |
@@ -57,7 +58,8 @@ impl<B> Classify<http::Response<B>, Error> for HttpClassifier {
 /// The failure kind of a mesh-hyper error.
 pub(crate) fn failure_kind(e: &Error) -> FailureKind {
     match e {
-        Error::Connect { .. } | Error::IdentityMismatch { .. } => FailureKind::Connect,
+        Error::Connect { .. } => FailureKind::Connect,
+        Error::IdentityMismatch { .. } => FailureKind::Identity,
         Error::NoEndpoints(_) => FailureKind::NoEndpoints,
         Error::Request { source, .. } if refused_stream(source) => FailureKind::Refused,
         Error::Request { .. } => FailureKind::Other,

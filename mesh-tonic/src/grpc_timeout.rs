@@ -43,18 +43,22 @@ pub fn encode(timeout: Duration) -> String {
 
 /// The duration a header value stands for, or `None` when it is malformed.
 pub fn decode(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    // Bytes, not chars: the value comes from the network and may end in any UTF-8 (or other)
+    // byte; splitting a `str` at `len - 1` would panic inside a multi-byte character.
+    let (&unit, digits) = value.as_bytes().split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n: u64 = digits.parse().ok()?;
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
     Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
         _ => return None,
     })
 }
@@ -75,7 +79,19 @@ mod tests {
 
     #[test]
     fn rejects_malformed_values() {
-        for bad in ["", "m", "10", "10x", "-1S", "1.5S", "123456789n"] {
+        for bad in [
+            "",
+            "m",
+            "10",
+            "10x",
+            "-1S",
+            "1.5S",
+            "123456789n",
+            "1é",
+            "é",
+            "1\u{10FFFF}",
+            "٣S",
+        ] {
             assert_eq!(decode(bad), None, "{bad}");
         }
         assert_eq!(decode("1H"), Some(Duration::from_secs(3600)));

@@ -161,6 +161,8 @@ pub enum NoEndpointsReason {
     Unresolved,
     /// Discovery failed (before ever finding endpoints, or after they were all removed).
     Discovery(DiscoveryError),
+    /// Discovery lists this many endpoints, and every one fails its active health checks.
+    Unhealthy(usize),
 }
 
 /// No endpoint is available for a service: the request was not sent.
@@ -182,6 +184,12 @@ impl fmt::Display for NoEndpoints {
         }
         match &self.reason {
             NoEndpointsReason::Empty => write!(f, ": discovery lists none"),
+            NoEndpointsReason::Unhealthy(n) => {
+                write!(
+                    f,
+                    ": all {n} endpoints discovery lists fail their health checks"
+                )
+            }
             NoEndpointsReason::Unresolved => write!(f, ": discovery has not answered"),
             NoEndpointsReason::Discovery(e) => write!(f, ": {e}"),
         }
@@ -403,6 +411,7 @@ impl<S, C> Shared<S, C> {
     fn no_endpoints(&self, table: &Table<S>, waited: Duration) -> NoEndpoints {
         let reason = match (&table.last_error, table.resolved) {
             (Some(e), _) => NoEndpointsReason::Discovery(e.clone()),
+            (None, true) if table.unhealthy > 0 => NoEndpointsReason::Unhealthy(table.unhealthy),
             (None, true) => NoEndpointsReason::Empty,
             (None, false) => NoEndpointsReason::Unresolved,
         };

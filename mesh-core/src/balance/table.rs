@@ -50,6 +50,8 @@ pub(crate) struct Table<S> {
     cumulative: Box<[u64]>,
     ring: Ring,
     pub(crate) last_error: Option<DiscoveryError>,
+    /// Endpoints discovery lists that health checks keep out of `slots`.
+    pub(crate) unhealthy: usize,
 }
 
 impl<S> Table<S> {
@@ -61,6 +63,7 @@ impl<S> Table<S> {
             cumulative: Box::new([]),
             ring: Ring::default(),
             last_error: None,
+            unhealthy: 0,
         }
     }
 
@@ -69,6 +72,7 @@ impl<S> Table<S> {
         picker: &Picker,
         min_ring_size: usize,
         last_error: Option<DiscoveryError>,
+        unhealthy: usize,
     ) -> Self {
         let cumulative = match picker {
             Picker::Weighted => slots
@@ -99,6 +103,7 @@ impl<S> Table<S> {
             cumulative,
             ring,
             last_error,
+            unhealthy,
         }
     }
 

@@ -78,6 +78,7 @@ impl<S: Clone, C> Shared<S, C> {
             &self.picker,
             self.min_ring_size,
             snap.last_error.clone(),
+            snap.unhealthy,
         );
         self.table.store(Arc::new(table));
         self.updated.notify_waiters();

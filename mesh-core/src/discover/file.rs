@@ -42,6 +42,12 @@ use crate::{
 /// subscriptions' [`Snapshot::last_error`](super::Snapshot::last_error)), and the last good
 /// endpoints stay in use. A service absent from a valid file has no endpoints.
 ///
+/// `services` is required, and an empty file (nothing but whitespace and comments) is
+/// rejected: a file caught half-written by a non-atomic rewrite, or emptied by mistake, must
+/// not remove every endpoint. A file that really lists no services says `services: {}`. YAML
+/// files are read with the limits of [`crate::yaml`] (10 million nodes, about 1.4 million
+/// endpoints; JSON has no node limit).
+///
 /// ```no_run
 /// use mesh_core::discover::{EndpointSource, FileSource};
 ///
@@ -81,7 +87,8 @@ pub const RECENT_ERRORS: usize = 8;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileDoc {
-    #[serde(default)]
+    /// Required: a file that lists no services must say so (`services: {}`), so that a file
+    /// caught half-written, or emptied by mistake, never removes every endpoint.
     services: BTreeMap<String, Vec<EndpointDoc>>,
 }
 
@@ -264,16 +271,43 @@ fn read(path: &Path) -> Result<BTreeMap<ServiceName, EndpointSet>, DiscoveryErro
     let json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    if text.len() > crate::yaml::MAX_FILE_BYTES {
+        return Err(fail(format!(
+            "{} bytes is over the limit of {} bytes: split the services over several files",
+            text.len(),
+            crate::yaml::MAX_FILE_BYTES
+        )));
+    }
+    if crate::yaml::is_blank(&text) {
+        // An empty file is a write in progress (a non-atomic rewrite truncates first) or a
+        // mistake; applying it would remove every endpoint of every service.
+        return Err(fail(
+            "the file is empty (no content but whitespace and comments); a file that lists \
+             no services says so: `services: {}`"
+                .into(),
+        ));
+    }
     let doc: FileDoc = if json {
         serde_json::from_str(&text).map_err(|e| fail(format!("invalid JSON: {e}")))?
-    } else if text.trim().is_empty() {
-        FileDoc {
-            services: BTreeMap::new(),
-        }
     } else {
-        serde_saphyr::from_str(&text).map_err(|e| fail(format!("invalid YAML: {e}")))?
+        crate::yaml::from_str(&text).map_err(|e| fail(yaml_error(&e)))?
     };
     validate(doc).map_err(|e| fail(e.to_string()))
+}
+
+/// A YAML error, with what to do when it is the parser's budget (see [`crate::yaml`]).
+fn yaml_error(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    if text.contains("budget") {
+        format!(
+            "invalid YAML: {text} (the YAML limits are {} nodes and {} bytes per file: split the \
+             services over several files, or write the file as JSON, which has no node limit)",
+            crate::yaml::MAX_NODES,
+            crate::yaml::MAX_FILE_BYTES
+        )
+    } else {
+        format!("invalid YAML: {text}")
+    }
 }
 
 fn validate(doc: FileDoc) -> Result<BTreeMap<ServiceName, EndpointSet>, FileFormatError> {
@@ -363,8 +397,58 @@ mod tests {
             r#"{"services": {"ratings:80": [{"address": "127.0.0.1:2"}]}}"#,
         );
         assert_eq!(read(&json).unwrap().len(), 1);
-        let empty = write(dir.path(), "empty.yaml", "");
-        assert!(read(&empty).unwrap().is_empty());
+        let none = write(dir.path(), "none.yaml", "services: {}\n");
+        assert!(read(&none).unwrap().is_empty());
+        let none = write(dir.path(), "none.json", r#"{"services": {}}"#);
+        assert!(read(&none).unwrap().is_empty());
+    }
+
+    #[test]
+    fn empty_or_comment_only_files_are_rejected_not_read_as_no_services() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("empty.yaml", ""),
+            ("blank.yaml", "  \n\n\t\n"),
+            (
+                "comments.yaml",
+                "# services are generated\n# by the deploy tool\n",
+            ),
+            ("markers.yaml", "---\n...\n"),
+            ("empty.json", ""),
+            ("blank.json", " \n"),
+        ] {
+            let p = write(dir.path(), name, text);
+            let err = read(&p).unwrap_err().to_string();
+            assert!(err.contains("the file is empty"), "{name}: {err}");
+        }
+        // A document without `services` (or with a null one) is not "no services" either.
+        for (name, text) in [
+            ("map.yaml", "{}\n"),
+            ("null.yaml", "services:\n"),
+            ("map.json", "{}"),
+        ] {
+            let p = write(dir.path(), name, text);
+            assert!(read(&p).is_err(), "{name} accepted");
+        }
+    }
+
+    #[test]
+    fn a_yaml_file_of_100k_endpoints_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::from("services:\n");
+        for s in 0..10 {
+            text.push_str(&format!("  svc{s}:80:\n"));
+            for i in 0..10_000u32 {
+                let [_, _, a, b] = i.to_be_bytes();
+                text.push_str(&format!(
+                    "    - address: 10.{s}.{a}.{b}:80\n      labels: {{version: v1, zone: z{}}}\n",
+                    i % 3
+                ));
+            }
+        }
+        let p = write(dir.path(), "big.yaml", &text);
+        let m = read(&p).unwrap();
+        assert_eq!(m.values().map(EndpointSet::len).sum::<usize>(), 100_000);
     }
 
     #[test]

@@ -351,7 +351,8 @@ impl Filter {
                 .get(&e.addr)
                 .is_some_and(|c| c.healthy == Some(true))
         });
-        if self.publisher.publish(set) {
+        let unhealthy = discovered.len() - set.len();
+        if self.publisher.publish_filtered(set, unhealthy) {
             tracing::debug!(service = %self.service,
                 healthy = self.publisher.snapshot().endpoints.map_or(0, |s| s.len()),
                 discovered = self.endpoints.len(), "healthy endpoints changed");
@@ -485,9 +486,37 @@ mod tests {
         assert_eq!(sub.snapshot().endpoints.unwrap().len(), 2);
         // ...two are.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let set = sub.snapshot().endpoints.unwrap();
+        let snap = sub.snapshot();
+        let set = snap.endpoints.unwrap();
         assert_eq!(set.len(), 1);
         assert!(set.get(&ep(1).addr).is_some());
+        assert_eq!(
+            snap.unhealthy, 1,
+            "the filtered stream says one was left out"
+        );
+
+        // With every endpoint down, the balancer says why there are none.
+        source.update(vec![ep(2)]).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let balancer = crate::balance::Balancer::new(
+            name.clone(),
+            sub.clone(),
+            crate::balance::BalanceConfig::default(),
+            |_: &Endpoint| {
+                tower::service_fn(|_: http::Request<()>| async {
+                    Ok::<(), crate::balance::NoEndpoints>(())
+                })
+            },
+        );
+        let err = balancer.route(http::Request::new(())).await.unwrap_err();
+        assert_eq!(err.reason, crate::balance::NoEndpointsReason::Unhealthy(1));
+        assert!(
+            err.to_string().contains("fail their health checks"),
+            "{err}"
+        );
+        drop(balancer);
+        source.update(vec![ep(1), ep(2)]).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
 
         down.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(250)).await;

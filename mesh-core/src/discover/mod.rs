@@ -88,6 +88,10 @@ pub struct Snapshot {
     pub version: u64,
     /// Failures the source reported so far (each kept the last good endpoints).
     pub errors: u64,
+    /// Endpoints that discovery lists but that are left out of `endpoints` because their
+    /// active health checks fail (always 0 for unfiltered sources): tells "the service is down"
+    /// from "discovery lists nothing".
+    pub unhealthy: usize,
 }
 
 /// Where endpoints of services come from. Implemented by every discovery source.
@@ -155,6 +159,18 @@ impl Publisher {
             snap.last_error = Some(error);
             snap.errors += 1;
         });
+    }
+
+    /// Like [`publish`](Self::publish), for a filtered stream: `endpoints` are those that
+    /// passed, `unhealthy` the number left out (see [`Snapshot::unhealthy`]).
+    pub fn publish_filtered(&self, endpoints: EndpointSet, unhealthy: usize) -> bool {
+        let changed = self.publish(endpoints);
+        self.tx.send_if_modified(|snap| {
+            let differs = snap.unhealthy != unhealthy;
+            snap.unhealthy = unhealthy;
+            differs
+        });
+        changed
     }
 
     /// A new subscription to this stream.

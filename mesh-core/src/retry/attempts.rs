@@ -173,7 +173,10 @@ pub(super) fn decide_kind<C>(
         // gRPC calls are all POSTs; as in gRPC's own retry design, the codes listed are the
         // ones the service owner declares safe to retry, whatever the method.
         FailureKind::Grpc(code) => on.grpc_statuses.contains(&code),
-        FailureKind::NoEndpoints | FailureKind::Local | FailureKind::Other => false,
+        FailureKind::Identity
+        | FailureKind::NoEndpoints
+        | FailureKind::Local
+        | FailureKind::Other => false,
     }
 }
 

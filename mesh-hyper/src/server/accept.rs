@@ -68,6 +68,18 @@ pub enum AcceptError {
         /// The time it had.
         waited: Duration,
     },
+    /// The client closed the connection before it said which protocol it speaks.
+    #[error("connection from {peer} closed before its first request")]
+    Closed {
+        /// The client.
+        peer: SocketAddr,
+    },
+    /// The client sent the HTTP/2 preface followed by something other than `SETTINGS`.
+    #[error("connection from {peer}: the HTTP/2 preface is not followed by a SETTINGS frame")]
+    Protocol {
+        /// The client.
+        peer: SocketAddr,
+    },
     /// Reading the first bytes failed.
     #[error("connection from {peer}: {source}")]
     Io {
@@ -123,12 +135,51 @@ impl Acceptor {
         self.mode
     }
 
+    /// Accepts one connection for an HTTP server: the TLS handshake (per the mode), then the
+    /// first bytes that say which HTTP version the client speaks (for HTTP/2, the preface and
+    /// the client's `SETTINGS`), all within the handshake timeout from now, in every mode (see
+    /// [`detect`](super::detect)). A client that sends nothing, or part of a preface, is
+    /// dropped when the time is up.
+    pub async fn accept_http(&self, tcp: TcpStream) -> Result<Accepted, AcceptError> {
+        let waited = self.handshake_timeout;
+        let deadline = tokio::time::Instant::now() + waited;
+        let (stream, identity) = self.accept_until(tcp, deadline).await?;
+        let peer = stream.peer_addr();
+        match super::detect::detect(stream, deadline).await {
+            Ok((stream, version)) => Ok(Accepted {
+                stream,
+                identity,
+                version,
+            }),
+            Err(e) => {
+                use super::detect::DetectError;
+                tracing::debug!(%peer, error = ?e, "no HTTP request or preface in time");
+                Err(match e {
+                    DetectError::TimedOut => AcceptError::TimedOut { peer, waited },
+                    DetectError::Closed => AcceptError::Closed { peer },
+                    DetectError::BadFirstFrame => AcceptError::Protocol { peer },
+                    DetectError::Io(source) => AcceptError::Io { peer, source },
+                })
+            }
+        }
+    }
+
     /// Accepts one connection: the stream to serve and the peer's identity (none for plaintext).
     /// With TLS configured, the first bytes and the handshake must arrive within the handshake
-    /// timeout.
+    /// timeout. This does not wait for the client's first request: HTTP servers use
+    /// [`accept_http`](Self::accept_http), which does.
     pub async fn accept(
         &self,
         tcp: TcpStream,
+    ) -> Result<(ServerStream, PeerIdentity), AcceptError> {
+        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
+        self.accept_until(tcp, deadline).await
+    }
+
+    async fn accept_until(
+        &self,
+        tcp: TcpStream,
+        deadline: tokio::time::Instant,
     ) -> Result<(ServerStream, PeerIdentity), AcceptError> {
         let peer = tcp.peer_addr().map_err(|source| AcceptError::Io {
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -138,7 +189,6 @@ impl Acceptor {
             return Ok((ServerStream::Plain(tcp), PeerIdentity(None)));
         };
         let waited = self.handshake_timeout;
-        let deadline = tokio::time::Instant::now() + waited;
         let timed_out = || {
             tracing::debug!(%peer, ?waited, "no complete handshake in time");
             AcceptError::TimedOut { peer, waited }
@@ -189,6 +239,23 @@ impl Acceptor {
     }
 }
 
+/// A connection accepted for an HTTP server (see [`Acceptor::accept_http`]).
+pub struct Accepted {
+    /// The stream, with the bytes read to detect its protocol put back in front.
+    pub stream: super::HttpStream,
+    /// The peer's verified identity (none for plaintext).
+    pub identity: PeerIdentity,
+    /// The HTTP version it speaks.
+    pub version: super::HttpVersion,
+}
+
+/// The protocol a TLS client chose with ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Alpn {
+    H2,
+    Http11,
+}
+
 /// An accepted connection.
 pub enum ServerStream {
     /// Plaintext.
@@ -200,10 +267,29 @@ pub enum ServerStream {
 impl ServerStream {
     /// Whether HTTP/2 was negotiated with ALPN.
     pub fn is_h2(&self) -> bool {
+        self.alpn() == Some(Alpn::H2)
+    }
+
+    /// The protocol negotiated with ALPN, if any.
+    pub(crate) fn alpn(&self) -> Option<Alpn> {
         match self {
-            ServerStream::Plain(_) => false,
-            ServerStream::Tls(s) => s.get_ref().1.alpn_protocol() == Some(ALPN_H2),
+            ServerStream::Plain(_) => None,
+            ServerStream::Tls(s) => match s.get_ref().1.alpn_protocol() {
+                Some(p) if p == ALPN_H2 => Some(Alpn::H2),
+                Some(p) if p == ALPN_HTTP11 => Some(Alpn::Http11),
+                _ => None,
+            },
         }
+    }
+
+    /// The client's address (unspecified if the socket no longer knows it).
+    pub fn peer_addr(&self) -> SocketAddr {
+        let tcp = match self {
+            ServerStream::Plain(s) => s,
+            ServerStream::Tls(s) => s.get_ref().0,
+        };
+        tcp.peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 }
 

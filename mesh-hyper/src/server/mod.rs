@@ -36,18 +36,28 @@
 
 mod accept;
 mod authz;
+mod conn;
+mod detect;
 mod local_reply;
 mod metrics;
 mod rate_limit;
 mod serve;
+mod settings;
 mod trace_context;
 
 pub use self::{
-    accept::{AcceptError, Acceptor, DEFAULT_HANDSHAKE_TIMEOUT, ServerStream},
+    accept::{AcceptError, Accepted, Acceptor, DEFAULT_HANDSHAKE_TIMEOUT, ServerStream},
     authz::{Authz, AuthzLayer},
+    detect::{HttpStream, HttpVersion},
     metrics::{Metrics, MetricsBody, MetricsFuture, MetricsLayer},
     rate_limit::{RateLimit, RateLimitLayer, RateLimitRule, RateLimited},
-    serve::{WithPeer, serve, serve_with_shutdown},
+    serve::{WithPeer, serve, serve_with_settings, serve_with_shutdown},
+    settings::{
+        DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL, DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
+        DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, DEFAULT_HTTP2_MAX_PENDING_ACCEPT_RESETS,
+        DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_LIST_BYTES,
+        DEFAULT_REQUEST_HEAD_TIMEOUT, ServerSettings,
+    },
     trace_context::{
         PropagateFuture, PropagateTrace, TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceBody,
         TraceContextLayer, incoming_trace_context,

@@ -6,18 +6,19 @@ use std::{
     task::{Context, Poll},
 };
 
+use std::sync::Arc;
+
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
-    service::TowerToHyperService,
-};
 use mesh_core::identity::PeerIdentity;
-use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+    task::JoinSet,
+};
 use tower_service::Service;
 
-use super::Acceptor;
+use super::{Acceptor, ServerSettings};
 
 /// Puts the connection's peer identity into every request's extensions.
 #[derive(Clone, Debug)]
@@ -117,8 +118,39 @@ pub async fn serve_with_shutdown<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let graceful = GracefulShutdown::new();
-    // Tells connections still in their handshake to give up.
+    serve_with_settings(
+        listener,
+        acceptor,
+        ServerSettings::default(),
+        service,
+        shutdown,
+    )
+    .await;
+}
+
+/// [`serve_with_shutdown`] with the given connection limits (see [`ServerSettings`] for every
+/// stage's bound and its default).
+pub async fn serve_with_settings<S, B>(
+    listener: TcpListener,
+    acceptor: Acceptor,
+    settings: ServerSettings,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let settings = Arc::new(settings);
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    // Tells connections to drain (and those still in their handshake to give up).
     let (stop, stopped) = watch::channel(false);
     // Owned by this future: dropping it (a bounded drain that ran out) closes them all.
     let mut connections = JoinSet::new();
@@ -137,43 +169,37 @@ pub async fn serve_with_shutdown<S, B>(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Closed at once: the client learns now, rather than after a backlog wait.
+            tracing::debug!(%addr, max = settings.max_connections, "connection refused: too many connections");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = service.clone();
-        // Taken now, so that the drain waits for this connection whatever stage it is at.
-        let watcher = graceful.watcher();
+        let settings = settings.clone();
         let mut stopped = stopped.clone();
         connections.spawn(async move {
+            let _slot = slot;
             let accepted = tokio::select! {
-                accepted = acceptor.accept(tcp) => accepted,
+                accepted = acceptor.accept_http(tcp) => accepted,
                 _ = stopped.wait_for(|stop| *stop) => return,
             };
-            let (stream, identity) = match accepted {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(error = %e, "connection not accepted");
-                    return;
+            match accepted {
+                Ok(accepted) => {
+                    super::conn::serve_connection(accepted, service, &settings, stopped).await;
                 }
-            };
-            let svc = TowerToHyperService::new(WithPeer::new(service, identity));
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            // With a timer, hyper applies its 30 s limit on reading a request head: a client
-            // that sends half a request cannot hold the connection (or a drain) for ever.
-            builder.http1().timer(TokioTimer::new());
-            builder.http2().timer(TokioTimer::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%addr, error = %e, "connection ended with an error");
+                Err(e) => tracing::debug!(%addr, error = %e, "connection not accepted"),
             }
         });
     }
     drop(listener);
     let _ = stop.send(true);
     tracing::info!(
-        connections = graceful.count(),
+        connections = connections.len(),
         "server shutting down: draining connections"
     );
-    graceful.shutdown().await;
-    drop(connections);
+    while connections.join_next().await.is_some() {}
     tracing::info!("server drained");
 }

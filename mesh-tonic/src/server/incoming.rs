@@ -7,27 +7,45 @@ use std::{
     time::Duration,
 };
 
+use std::sync::Arc;
+
 use mesh_core::identity::PeerIdentity;
-use mesh_hyper::server::{Acceptor, ServerStream};
+use mesh_hyper::server::{Acceptor, HttpStream};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,
-    sync::mpsc,
+    sync::{Semaphore, mpsc},
 };
 use tonic::transport::server::Connected;
 
-/// Handshakes in progress at once before accepting waits (a flood of slow handshakes cannot
-/// grow memory without bound).
-const BACKLOG: usize = 256;
+/// Handshakes in progress at once (a flood of slow or silent clients cannot grow memory
+/// without bound; beyond it new connections wait in the kernel's backlog). Each is bounded in
+/// time by the acceptor's handshake timeout.
+pub const MAX_HANDSHAKES: usize = 1024;
+
+/// Finished connections waiting for tonic to take them.
+const READY: usize = 64;
 
 /// Accepted connections, handshaken by `acceptor` (mTLS, plaintext or both, per its mode):
 /// the stream to give tonic's `Server::serve_with_incoming`. Handshakes run concurrently (a slow
-/// client does not hold up the others); connections that fail theirs are logged at `debug` and
-/// dropped. Accepting stops when the stream is dropped.
+/// client does not hold up the others), at most [`MAX_HANDSHAKES`] at once, each within the
+/// acceptor's handshake timeout, which covers the TLS handshake **and** the HTTP/2 preface and
+/// `SETTINGS` (see `Acceptor::accept_http`): a client that connects and says nothing, in any
+/// mode, is dropped when its time is up. Only finished connections wait for tonic, so silent
+/// clients never stand in the way of real ones. Connections that fail their handshake are
+/// logged at `debug` and dropped. Accepting stops when the stream is dropped.
 pub fn incoming(listener: TcpListener, acceptor: Acceptor) -> Incoming {
-    let (tx, rx) = mpsc::channel(BACKLOG);
+    let (tx, rx) = mpsc::channel(READY);
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let permit = tokio::select! {
+                permit = handshakes.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = tx.closed() => return,
+            };
             let (tcp, addr) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(c) => c,
@@ -41,14 +59,19 @@ pub fn incoming(listener: TcpListener, acceptor: Acceptor) -> Incoming {
                 () = tx.closed() => return,
             };
             let _ = tcp.set_nodelay(true);
-            let Ok(permit) = tx.clone().reserve_owned().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match acceptor.accept(tcp).await {
-                    Ok((stream, identity)) => {
-                        permit.send(Ok(MeshStream { stream, identity }));
+                let accepted = acceptor.accept_http(tcp).await;
+                // The handshake is over: its place goes to the next one, whatever tonic does.
+                drop(permit);
+                match accepted {
+                    Ok(a) => {
+                        let stream = MeshStream {
+                            stream: a.stream,
+                            identity: a.identity,
+                        };
+                        // Only a finished connection waits for a place in the queue.
+                        let _ = tx.send(Ok(stream)).await;
                     }
                     Err(e) => tracing::debug!(%addr, error = %e, "connection not accepted"),
                 }
@@ -74,7 +97,7 @@ impl futures_core::Stream for Incoming {
 /// One accepted connection: the stream and the peer's verified identity, which tonic puts in
 /// every request's extensions (as [`PeerIdentity`]).
 pub struct MeshStream {
-    stream: ServerStream,
+    stream: HttpStream,
     identity: PeerIdentity,
 }
 

@@ -51,6 +51,6 @@ pub use mesh_hyper::server::{
 
 pub use self::{
     deadline::{Deadline, DeadlineFuture, DeadlineLayer},
-    incoming::{Incoming, MeshStream, incoming},
+    incoming::{Incoming, MAX_HANDSHAKES, MeshStream, incoming},
     trace::{Trace, TraceFuture, TraceLayer},
 };
