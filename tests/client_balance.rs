@@ -22,9 +22,12 @@ fn endpoints(backends: &[&Backend]) -> Vec<Endpoint> {
 
 fn config(policy: LbPolicy) -> ServiceConfig {
     ServiceConfig {
-        balance: BalanceConfig {
-            policy,
-            ..BalanceConfig::default()
+        destination: mesh::core::DestinationPolicy {
+            balance: BalanceConfig {
+                policy,
+                ..BalanceConfig::default()
+            },
+            ..Default::default()
         },
         ..ServiceConfig::default()
     }
@@ -190,7 +193,7 @@ async fn bounded_wait_for_endpoints_succeeds_when_one_appears_and_fails_when_non
     let a = backend("a").await;
     let source = StaticSource::new(vec![]).unwrap();
     let mut cfg = ServiceConfig::default();
-    cfg.balance.wait_for_endpoints = Duration::from_secs(2);
+    cfg.destination.balance.wait_for_endpoints = Duration::from_secs(2);
     let client = client_for(source.clone(), cfg);
 
     let pending = tokio::spawn({
@@ -261,7 +264,10 @@ async fn uri_and_host_stay_logical_and_origin_form_routes_by_host() {
 async fn http2_destinations_use_prior_knowledge() {
     let a = backend("a").await;
     let cfg = ServiceConfig {
-        protocol: Protocol::Http2,
+        destination: mesh::core::DestinationPolicy {
+            protocol: Protocol::Http2,
+            ..Default::default()
+        },
         ..ServiceConfig::default()
     };
     let client = client_for(StaticSource::new(endpoints(&[&a])).unwrap(), cfg);

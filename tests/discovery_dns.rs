@@ -85,9 +85,12 @@ async fn a_records_are_followed_at_their_ttl_and_nxdomain_keeps_the_last_good_se
             format!("reviews.mesh.test:{port}"),
             source.clone(),
             ServiceConfig {
-                balance: BalanceConfig {
-                    policy: LbPolicy::RoundRobin,
-                    ..BalanceConfig::default()
+                destination: mesh::core::DestinationPolicy {
+                    balance: BalanceConfig {
+                        policy: LbPolicy::RoundRobin,
+                        ..BalanceConfig::default()
+                    },
+                    ..Default::default()
                 },
                 ..ServiceConfig::default()
             },

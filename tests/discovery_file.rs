@@ -52,9 +52,12 @@ async fn answered_by(
 /// (P2C at concurrency 1 rightly prefers the lower-latency endpoint).
 fn round_robin() -> ServiceConfig {
     ServiceConfig {
-        balance: BalanceConfig {
-            policy: LbPolicy::RoundRobin,
-            ..BalanceConfig::default()
+        destination: mesh::core::DestinationPolicy {
+            balance: BalanceConfig {
+                policy: LbPolicy::RoundRobin,
+                ..BalanceConfig::default()
+            },
+            ..Default::default()
         },
         ..ServiceConfig::default()
     }

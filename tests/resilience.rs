@@ -59,9 +59,12 @@ fn dead_addr() -> std::net::SocketAddr {
 
 fn round_robin() -> ServiceConfig {
     ServiceConfig {
-        balance: BalanceConfig {
-            policy: LbPolicy::RoundRobin,
-            ..BalanceConfig::default()
+        destination: mesh::core::DestinationPolicy {
+            balance: BalanceConfig {
+                policy: LbPolicy::RoundRobin,
+                ..BalanceConfig::default()
+            },
+            ..Default::default()
         },
         ..ServiceConfig::default()
     }
@@ -153,7 +156,7 @@ async fn an_endpoint_returning_503_is_ejected_and_readmitted_after_it_recovers()
     let good = backend("good").await;
     let (flaky, status) = switchable("flaky").await;
     let mut config = round_robin();
-    config.balance.outlier_detection = Some(OutlierDetection {
+    config.destination.balance.outlier_detection = Some(OutlierDetection {
         base_ejection_time: Duration::from_millis(300),
         ..OutlierDetection::default()
     });
@@ -200,10 +203,13 @@ async fn concurrency_limit_sheds_immediately() {
     })
     .await;
     let config = ServiceConfig {
-        limits: LimitPolicy {
-            max_concurrent_requests: Some(2),
-            max_pending_requests: 0,
-            rate_limit: None,
+        destination: mesh::core::DestinationPolicy {
+            limits: LimitPolicy {
+                max_concurrent_requests: Some(2),
+                max_pending_requests: 0,
+                rate_limit: None,
+            },
+            ..Default::default()
         },
         ..ServiceConfig::default()
     };
@@ -238,10 +244,13 @@ async fn bounded_queue_waits_for_a_slot() {
     })
     .await;
     let config = ServiceConfig {
-        limits: LimitPolicy {
-            max_concurrent_requests: Some(1),
-            max_pending_requests: 2,
-            rate_limit: None,
+        destination: mesh::core::DestinationPolicy {
+            limits: LimitPolicy {
+                max_concurrent_requests: Some(1),
+                max_pending_requests: 2,
+                rate_limit: None,
+            },
+            ..Default::default()
         },
         ..ServiceConfig::default()
     };
@@ -270,8 +279,8 @@ async fn per_try_timeout_retries_onto_a_healthy_endpoint() {
     .await;
     let fast = backend("fast").await;
     let mut config = round_robin();
-    config.retries.per_try_timeout = Some(Duration::from_millis(200));
-    config.balance.outlier_detection = None;
+    config.route.retries.per_try_timeout = Some(Duration::from_millis(200));
+    config.destination.balance.outlier_detection = None;
     let client = mesh_client(eps(&[&slow, &fast]), config);
     for _ in 0..6 {
         let started = Instant::now();
@@ -295,8 +304,8 @@ async fn per_try_timeout_error_is_typed_when_no_retry_helps() {
     })
     .await;
     let mut config = ServiceConfig::default();
-    config.retries.per_try_timeout = Some(Duration::from_millis(100));
-    config.retries.attempts = 1;
+    config.route.retries.per_try_timeout = Some(Duration::from_millis(100));
+    config.route.retries.attempts = 1;
     let client = mesh_client(eps(&[&slow]), config);
     let err = client.request(get(URI)).await.unwrap_err();
     assert!(
@@ -314,7 +323,7 @@ async fn post_is_not_retried_by_default_but_get_is() {
     })
     .await;
     let mut config = ServiceConfig::default();
-    config.balance.outlier_detection = None;
+    config.destination.balance.outlier_detection = None;
     let client = mesh_client::<Full<Bytes>>(eps(&[&sick]), config.clone());
     let post = http::Request::post(URI)
         .body(Full::new(Bytes::from("order")))
@@ -328,7 +337,7 @@ async fn post_is_not_retried_by_default_but_get_is() {
     assert_eq!(sick.hits(), 4, "GET sent three times (2 retries)");
 
     // Opted in, POST is retried and its body replayed each time.
-    config.retries.retry_non_idempotent = true;
+    config.route.retries.retry_non_idempotent = true;
     let client = mesh_client::<Full<Bytes>>(eps(&[&sick]), config);
     let post = http::Request::post(URI)
         .body(Full::new(Bytes::from("order")))
@@ -346,7 +355,7 @@ async fn bodies_over_the_replay_limit_are_sent_once_and_small_ones_replayed() {
     })
     .await;
     let mut config = ServiceConfig::default();
-    config.balance.outlier_detection = None;
+    config.destination.balance.outlier_detection = None;
     let client = mesh_client::<Full<Bytes>>(eps(&[&sick]), config);
     let big = http::Request::put(URI)
         .body(Full::new(Bytes::from(vec![7u8; 100 * 1024])))
@@ -371,7 +380,7 @@ async fn bodies_over_the_replay_limit_are_sent_once_and_small_ones_replayed() {
 async fn connect_failures_are_retried_even_for_post() {
     let good = backend("good").await;
     let mut config = round_robin();
-    config.balance.outlier_detection = None;
+    config.destination.balance.outlier_detection = None;
     let client = mesh_client::<Full<Bytes>>(
         vec![Endpoint::new(dead_addr()), Endpoint::new(good.addr)],
         config,
@@ -397,8 +406,8 @@ async fn hedging_cuts_the_tail_of_one_slow_endpoint() {
         let endpoints = eps(&[&slow, &f1, &f2]);
         async move {
             let mut config = round_robin();
-            config.balance.outlier_detection = None;
-            config.retries.hedge = hedge;
+            config.destination.balance.outlier_detection = None;
+            config.route.retries.hedge = hedge;
             let client = mesh_client::<http_body_util::Empty<Bytes>>(endpoints, config);
             // Warm up: the hedge delay needs latencies to be known.
             for _ in 0..20 {
@@ -436,12 +445,15 @@ async fn hedging_cuts_the_tail_of_one_slow_endpoint() {
 async fn client_rate_limit_rejects_above_the_rate_and_admits_below_it() {
     let a = backend("a").await;
     let config = ServiceConfig {
-        limits: LimitPolicy {
-            rate_limit: Some(RateLimit {
-                requests_per_second: 20,
-                burst: Some(5),
-            }),
-            ..LimitPolicy::default()
+        destination: mesh::core::DestinationPolicy {
+            limits: LimitPolicy {
+                rate_limit: Some(RateLimit {
+                    requests_per_second: 20,
+                    burst: Some(5),
+                }),
+                ..LimitPolicy::default()
+            },
+            ..Default::default()
         },
         ..ServiceConfig::default()
     };
@@ -519,17 +531,23 @@ async fn breaker_opens_fails_fast_and_closes_after_recovery() {
     let (a, status) = switchable("a").await;
     status.store(503, Ordering::SeqCst);
     let config = ServiceConfig {
-        breaker: Some(BreakerPolicy {
-            window_size: 10,
-            minimum_calls: 10,
-            wait_in_open: Duration::from_millis(300),
-            half_open_calls: 2,
-            ..BreakerPolicy::default()
-        }),
-        retries: RetryPolicy::disabled(),
-        balance: BalanceConfig {
-            outlier_detection: None,
-            ..BalanceConfig::default()
+        route: mesh::core::RoutePolicy {
+            retries: RetryPolicy::disabled(),
+            ..Default::default()
+        },
+        destination: mesh::core::DestinationPolicy {
+            breaker: Some(BreakerPolicy {
+                window_size: 10,
+                minimum_calls: 10,
+                wait_in_open: Duration::from_millis(300),
+                half_open_calls: 2,
+                ..BreakerPolicy::default()
+            }),
+            balance: BalanceConfig {
+                outlier_detection: None,
+                ..BalanceConfig::default()
+            },
+            ..Default::default()
         },
         ..ServiceConfig::default()
     };
@@ -564,10 +582,13 @@ async fn overall_timeout_bounds_retries_too() {
     })
     .await;
     let mut config = ServiceConfig {
-        timeout: Some(Duration::from_millis(300)),
+        route: mesh::core::RoutePolicy {
+            timeout: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
         ..ServiceConfig::default()
     };
-    config.retries.per_try_timeout = Some(Duration::from_millis(200));
+    config.route.retries.per_try_timeout = Some(Duration::from_millis(200));
     let client = mesh_client(eps(&[&slow]), config);
     let started = Instant::now();
     let err = client.request(get(URI)).await.unwrap_err();

@@ -78,7 +78,10 @@ fn client(addr: SocketAddr, protocol: Protocol) -> MeshClient<Empty<Bytes>> {
             SVC,
             StaticSource::new(vec![Endpoint::new(addr)]).unwrap(),
             ServiceConfig {
-                protocol,
+                destination: mesh::core::DestinationPolicy {
+                    protocol,
+                    ..Default::default()
+                },
                 ..ServiceConfig::default()
             },
         )

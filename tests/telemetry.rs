@@ -49,9 +49,12 @@ fn settings(telemetry: &Telemetry) -> ClientSettings {
 
 fn round_robin() -> ServiceConfig {
     ServiceConfig {
-        balance: BalanceConfig {
-            policy: LbPolicy::RoundRobin,
-            ..BalanceConfig::default()
+        destination: mesh::core::DestinationPolicy {
+            balance: BalanceConfig {
+                policy: LbPolicy::RoundRobin,
+                ..BalanceConfig::default()
+            },
+            ..Default::default()
         },
         ..ServiceConfig::default()
     }
@@ -152,10 +155,13 @@ async fn counters_follow_a_scripted_sequence() {
             SLOW,
             StaticSource::new(vec![Endpoint::new(slow.addr)]).unwrap(),
             ServiceConfig {
-                limits: LimitPolicy {
-                    max_concurrent_requests: Some(1),
-                    max_pending_requests: 0,
-                    ..LimitPolicy::default()
+                destination: mesh::core::DestinationPolicy {
+                    limits: LimitPolicy {
+                        max_concurrent_requests: Some(1),
+                        max_pending_requests: 0,
+                        ..LimitPolicy::default()
+                    },
+                    ..Default::default()
                 },
                 ..ServiceConfig::default()
             },
@@ -287,7 +293,7 @@ async fn the_debug_snapshot_shows_an_ejection_within_a_second() {
     let (bad, switch) = switchable("bad").await;
     switch.store(503, Ordering::SeqCst);
     let mut config = round_robin();
-    config.balance.outlier_detection = Some(OutlierDetection {
+    config.destination.balance.outlier_detection = Some(OutlierDetection {
         base_ejection_time: Duration::from_millis(300),
         ..OutlierDetection::default()
     });
@@ -756,7 +762,10 @@ async fn servers_count_inbound_requests_by_caller_identity_and_status() {
             ])
             .unwrap(),
             ServiceConfig {
-                retries: RetryPolicy::disabled(),
+                route: mesh::core::RoutePolicy {
+                    retries: RetryPolicy::disabled(),
+                    ..Default::default()
+                },
                 ..ServiceConfig::default()
             },
         )

@@ -28,9 +28,12 @@ fn mesh_client(
     policy: LbPolicy,
 ) -> MeshClient<http_body_util::Empty<bytes::Bytes>> {
     let config = ServiceConfig {
-        balance: BalanceConfig {
-            policy,
-            ..BalanceConfig::default()
+        destination: mesh::core::DestinationPolicy {
+            balance: BalanceConfig {
+                policy,
+                ..BalanceConfig::default()
+            },
+            ..Default::default()
         },
         ..ServiceConfig::default()
     };
@@ -401,15 +404,18 @@ impl Faults {
         // the rows show what hedging does; `slow-one-p2c` shows the default balancer alone,
         // which routes around the slow replica by itself.
         let round_robin = ServiceConfig {
-            balance: BalanceConfig {
-                policy: LbPolicy::RoundRobin,
-                ..BalanceConfig::default()
+            destination: mesh::core::DestinationPolicy {
+                balance: BalanceConfig {
+                    policy: LbPolicy::RoundRobin,
+                    ..BalanceConfig::default()
+                },
+                ..Default::default()
             },
             ..ServiceConfig::default()
         };
         let hedged = {
             let mut c = round_robin.clone();
-            c.retries.hedge = Some(mesh::core::retry::HedgePolicy::default());
+            c.route.retries.hedge = Some(mesh::core::retry::HedgePolicy::default());
             c
         };
         let variants = vec![

@@ -30,7 +30,17 @@ pub(crate) fn watch_files(
     let mut watcher = notify::recommended_watcher(tx)?;
     let mut dirs = HashSet::new();
     let mut names: HashSet<OsString> = HashSet::new();
+    // Directories given as such: every file in them counts (their documents are read by
+    // extension; the caller filters).
+    let mut whole_dirs: Vec<PathBuf> = Vec::new();
     for path in paths {
+        if path.is_dir() {
+            if dirs.insert(path.to_path_buf()) {
+                watcher.watch(path, RecursiveMode::NonRecursive)?;
+            }
+            whole_dirs.push(path.to_path_buf());
+            continue;
+        }
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -43,6 +53,10 @@ pub(crate) fn watch_files(
         }
     }
     names.insert(OsString::from("..data"));
+    let in_whole_dir = move |p: &Path| {
+        p.parent()
+            .is_some_and(|d| whole_dirs.iter().any(|w| same_dir(w, d)))
+    };
     let relevant = move |event: &notify::Event| {
         let kind_matters = match event.kind {
             // Readers open and close the files; only a closed writer means new content.
@@ -54,7 +68,7 @@ pub(crate) fn watch_files(
             && event
                 .paths
                 .iter()
-                .any(|p| p.file_name().is_some_and(|n| names.contains(n)))
+                .any(|p| p.file_name().is_some_and(|n| names.contains(n)) || in_whole_dir(p))
     };
     std::thread::Builder::new()
         .name(thread_name.into())
@@ -84,4 +98,13 @@ pub(crate) fn watch_files(
         })
         .map_err(notify::Error::io)?;
     Ok(watcher)
+}
+
+/// Whether two paths name one directory (the watcher reports canonical paths).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b
+        || match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
 }

@@ -24,6 +24,7 @@ pub mod authz;
 pub mod balance;
 pub mod breaker;
 pub mod classify;
+pub mod config;
 pub mod deadline;
 #[cfg(feature = "dev-ca")]
 pub mod dev_ca;
@@ -36,8 +37,10 @@ pub mod limit;
 pub mod mesh;
 pub mod name;
 pub mod outlier;
+pub mod policy;
 mod policy_error;
 pub mod retry;
+pub mod route;
 pub mod shared_service;
 pub mod telemetry;
 pub mod timeout;
@@ -50,6 +53,7 @@ pub use self::{
     balance::{BalanceConfig, Balancer, LbPolicy, NoEndpoints},
     endpoint::{Endpoint, EndpointSet, Labels},
     identity::SpiffeId,
-    mesh::{Destination, Mesh, MeshBuilder, Protocol, ServiceConfig},
+    mesh::{Destination, Mesh, MeshBuilder},
     name::ServiceName,
+    policy::{DestinationPolicy, Protocol, RoutePolicy, ServiceConfig},
 };

@@ -64,7 +64,11 @@ pub(crate) fn failure_kind(e: &Error) -> FailureKind {
         Error::Request { source, .. } if refused_stream(source) => FailureKind::Refused,
         Error::Request { .. } => FailureKind::Other,
         Error::TimedOut(_) => FailureKind::Timeout,
-        Error::Overloaded(_) | Error::RateLimited(_) | Error::CircuitOpen(_) => FailureKind::Local,
+        Error::Overloaded(_)
+        | Error::RateLimited(_)
+        | Error::CircuitOpen(_)
+        | Error::FaultAborted { .. } => FailureKind::Local,
+        Error::NoRoute { .. } => FailureKind::NoEndpoints,
         // Routing and configuration errors: the request was never sent anywhere.
         Error::MissingAuthority
         | Error::UnsupportedScheme(_)

@@ -41,6 +41,26 @@ pub enum Error {
     /// The authority could not be resolved to a service.
     #[error(transparent)]
     Resolve(#[from] ResolveError),
+    /// No route of the destination's VirtualService matches the request (Envoy answers 404
+    /// `NR`; a gRPC caller sees `UNIMPLEMENTED`).
+    #[error("no route of service {service:?} matches the request for {path:?}")]
+    NoRoute {
+        /// The service.
+        service: ServiceName,
+        /// The request's path.
+        path: String,
+    },
+    /// A fault injected by the route's `fault.abort` (the request was not sent).
+    #[error("request to service {service:?} aborted by fault injection ({})", match abort {
+        mesh_core::route::Abort::Http(s) => format!("HTTP {s}"),
+        mesh_core::route::Abort::Grpc(c) => format!("gRPC status {c}"),
+    })]
+    FaultAborted {
+        /// The service.
+        service: ServiceName,
+        /// What the fault answers with.
+        abort: mesh_core::route::Abort,
+    },
     /// The service has no endpoint to send to.
     #[error(transparent)]
     NoEndpoints(#[from] NoEndpoints),

@@ -8,6 +8,8 @@
 //! | timeout (request deadline or attempt) | `DEADLINE_EXCEEDED` |
 //! | invalid policy | `FAILED_PRECONDITION` |
 //! | request without a routable authority | `INTERNAL` |
+//! | no route of the VirtualService matches | `UNIMPLEMENTED` (Envoy's 404 `NR`, as gRPC maps it) |
+//! | fault injection abort | the `grpcStatus` asked, or the `httpStatus` mapped as gRPC maps HTTP |
 //!
 //! Authorization denials come from the server as `PERMISSION_DENIED` (see
 //! [`server`](crate::server)). Every message names the service and the reason.
@@ -62,6 +64,13 @@ pub fn to_status(error: Error) -> Status {
         Error::TimedOut(_) => Code::DeadlineExceeded,
         Error::Policy { .. } => Code::FailedPrecondition,
         Error::MissingAuthority | Error::UnsupportedScheme(_) => Code::Internal,
+        Error::NoRoute { .. } => Code::Unimplemented,
+        Error::FaultAborted { abort, .. } => Code::from_i32(i32::from(match abort {
+            mesh_core::route::Abort::Grpc(c) => *c,
+            mesh_core::route::Abort::Http(s) => code_from_http(
+                http::StatusCode::from_u16(*s).unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE),
+            ),
+        })),
     };
     let mut status = Status::new(code, error.to_string());
     status.set_source(std::sync::Arc::new(error));

@@ -64,9 +64,12 @@ fn grpc_with(
 
 fn round_robin() -> ServiceConfig {
     ServiceConfig {
-        balance: BalanceConfig {
-            policy: LbPolicy::RoundRobin,
-            ..BalanceConfig::default()
+        destination: mesh::core::DestinationPolicy {
+            balance: BalanceConfig {
+                policy: LbPolicy::RoundRobin,
+                ..BalanceConfig::default()
+            },
+            ..Default::default()
         },
         ..ServiceConfig::default()
     }
@@ -186,13 +189,16 @@ async fn a_deadline_shrinks_along_a_three_hop_chain() {
 async fn not_serving_endpoints_leave_rotation_until_serving_again() {
     let (a, b) = (plain("a").await, plain("b").await);
     let config = ServiceConfig {
-        health_check: Some(HealthCheckPolicy {
-            interval: Duration::from_millis(50),
-            timeout: Duration::from_millis(500),
-            unhealthy_threshold: 1,
-            healthy_threshold: 1,
-            ..HealthCheckPolicy::default()
-        }),
+        destination: mesh::core::DestinationPolicy {
+            health_check: Some(HealthCheckPolicy {
+                interval: Duration::from_millis(50),
+                timeout: Duration::from_millis(500),
+                unhealthy_threshold: 1,
+                healthy_threshold: 1,
+                ..HealthCheckPolicy::default()
+            }),
+            ..Default::default()
+        },
         ..round_robin()
     };
     let client = grpc(eps(&[&a, &b]), config);
@@ -304,8 +310,11 @@ async fn mtls_and_authorization_deny_a_wrong_identity() {
     let plaintext = grpc(
         vec![endpoint.clone()],
         ServiceConfig {
-            tls: mesh::core::tls::ClientTlsPolicy {
-                mode: ClientTlsMode::Disable,
+            destination: mesh::core::DestinationPolicy {
+                tls: mesh::core::tls::ClientTlsPolicy {
+                    mode: ClientTlsMode::Disable,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             ..ServiceConfig::default()
@@ -395,14 +404,17 @@ async fn failing_statuses_in_trailers_eject_the_endpoint() {
     let (good, bad) = (plain("good").await, plain("bad").await);
     bad.behaviour.mode.store(UNAVAILABLE, Ordering::SeqCst);
     let config = ServiceConfig {
-        balance: BalanceConfig {
-            policy: LbPolicy::RoundRobin,
-            outlier_detection: Some(OutlierDetection {
-                consecutive_failures: Some(3),
-                success_rate: None,
-                ..OutlierDetection::default()
-            }),
-            ..BalanceConfig::default()
+        destination: mesh::core::DestinationPolicy {
+            balance: BalanceConfig {
+                policy: LbPolicy::RoundRobin,
+                outlier_detection: Some(OutlierDetection {
+                    consecutive_failures: Some(3),
+                    success_rate: None,
+                    ..OutlierDetection::default()
+                }),
+                ..BalanceConfig::default()
+            },
+            ..Default::default()
         },
         ..ServiceConfig::default()
     };
@@ -444,21 +456,24 @@ async fn failing_statuses_in_trailers_open_the_breaker_and_still_eject() {
     let bad = plain("bad").await;
     bad.behaviour.mode.store(UNAVAILABLE, Ordering::SeqCst);
     let config = ServiceConfig {
-        breaker: Some(BreakerPolicy {
-            window_size: 4,
-            minimum_calls: 4,
-            wait_in_open: Duration::from_secs(60),
-            ..BreakerPolicy::default()
-        }),
-        balance: BalanceConfig {
-            outlier_detection: Some(OutlierDetection {
-                consecutive_failures: Some(4),
-                success_rate: None,
-                // One endpoint of one: let it be ejected all the same.
-                max_ejection_percent: 100,
-                ..OutlierDetection::default()
+        destination: mesh::core::DestinationPolicy {
+            breaker: Some(BreakerPolicy {
+                window_size: 4,
+                minimum_calls: 4,
+                wait_in_open: Duration::from_secs(60),
+                ..BreakerPolicy::default()
             }),
-            ..BalanceConfig::default()
+            balance: BalanceConfig {
+                outlier_detection: Some(OutlierDetection {
+                    consecutive_failures: Some(4),
+                    success_rate: None,
+                    // One endpoint of one: let it be ejected all the same.
+                    max_ejection_percent: 100,
+                    ..OutlierDetection::default()
+                }),
+                ..BalanceConfig::default()
+            },
+            ..Default::default()
         },
         ..ServiceConfig::default()
     };

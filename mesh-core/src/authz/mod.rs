@@ -40,6 +40,13 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod rules;
+
+pub use self::rules::AuthzRequest;
+pub(crate) use self::rules::{
+    CompiledRule, Condition, ConditionKey, OperationMatch, Pattern, SourceMatch, Values,
+    normalize_path,
+};
 use crate::{identity::SpiffeId, policy_error::PolicyError};
 
 /// What a matching rule does.
@@ -109,71 +116,6 @@ pub struct Operation {
     pub methods: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Pattern {
-    Any,
-    Exact(String),
-    Prefix(String),
-    Suffix(String),
-}
-
-impl Pattern {
-    fn parse(s: &str, suffix_allowed: bool) -> Result<Self, String> {
-        if s == "*" {
-            return Ok(Pattern::Any);
-        }
-        if let Some(p) = s.strip_suffix('*') {
-            if p.contains('*') {
-                return Err(format!("{s:?}: '*' only at the start or the end"));
-            }
-            return Ok(Pattern::Prefix(p.to_owned()));
-        }
-        if let Some(p) = s.strip_prefix('*') {
-            if !suffix_allowed || p.contains('*') {
-                return Err(format!("{s:?}: '*' only at the end"));
-            }
-            return Ok(Pattern::Suffix(p.to_owned()));
-        }
-        if s.contains('*') || s.is_empty() {
-            return Err(format!("{s:?}: not a valid pattern"));
-        }
-        Ok(Pattern::Exact(s.to_owned()))
-    }
-
-    fn matches(&self, v: &str) -> bool {
-        match self {
-            Pattern::Any => true,
-            Pattern::Exact(e) => v == e,
-            Pattern::Prefix(p) => v.starts_with(p.as_str()),
-            Pattern::Suffix(s) => v.ends_with(s.as_str()),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct CompiledRule {
-    id: String,
-    principals: Option<Vec<Pattern>>,
-    operations: Option<Vec<(Vec<Pattern>, Vec<http::Method>)>>,
-}
-
-impl CompiledRule {
-    fn matches(&self, principal: Option<&str>, method: &http::Method, path: &str) -> bool {
-        let from = match &self.principals {
-            None => true,
-            Some(pats) => principal.is_some_and(|p| pats.iter().any(|pat| pat.matches(p))),
-        };
-        let to = match &self.operations {
-            None => true,
-            Some(ops) => ops.iter().any(|(paths, methods)| {
-                (paths.is_empty() || paths.iter().any(|p| p.matches(path)))
-                    && (methods.is_empty() || methods.contains(method))
-            }),
-        };
-        from && to
-    }
-}
-
 /// The outcome of one authorization.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -195,11 +137,14 @@ impl fmt::Display for Decision {
 }
 
 /// Evaluates requests against a set of policies; see the [module docs](self).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Authorizer {
     deny: Vec<CompiledRule>,
     allow: Vec<CompiledRule>,
+    audit: Vec<CompiledRule>,
     has_allow_policy: bool,
+    /// The policies it was built from (`AuthorizationPolicy ns/name`), for explanations.
+    sources: Vec<String>,
 }
 
 impl Authorizer {
@@ -215,29 +160,31 @@ impl Authorizer {
             if policy.action == Action::Allow {
                 out.has_allow_policy = true;
             }
+            out.sources.push(pname.clone());
             for (ri, rule) in policy.rules.iter().enumerate() {
                 let field = |rest: String| format!("{pname}.rules[{ri}].{rest}");
-                let principals = if rule.from.is_empty() {
-                    None
-                } else {
+                let mut from = Vec::new();
+                for (fi, f) in rule.from.iter().enumerate() {
                     let mut pats = Vec::new();
-                    for (fi, f) in rule.from.iter().enumerate() {
-                        for (k, p) in f.source.principals.iter().enumerate() {
-                            let p = p.strip_prefix("spiffe://").unwrap_or(p);
-                            pats.push(Pattern::parse(p, true).map_err(|reason| {
-                                PolicyError::new(
-                                    field(format!("from[{fi}].source.principals[{k}]")),
-                                    reason,
-                                )
-                            })?);
-                        }
+                    for (k, p) in f.source.principals.iter().enumerate() {
+                        let p = p.strip_prefix("spiffe://").unwrap_or(p);
+                        pats.push(Pattern::parse(p, true).map_err(|reason| {
+                            PolicyError::new(
+                                field(format!("from[{fi}].source.principals[{k}]")),
+                                reason,
+                            )
+                        })?);
                     }
-                    Some(pats)
-                };
-                let operations = if rule.to.is_empty() {
-                    None
-                } else {
-                    let mut ops = Vec::new();
+                    from.push(SourceMatch {
+                        principals: Values {
+                            any: pats,
+                            not: Vec::new(),
+                        },
+                        ..SourceMatch::default()
+                    });
+                }
+                let mut to = Vec::new();
+                {
                     for (ti, t) in rule.to.iter().enumerate() {
                         let mut paths = Vec::new();
                         for (k, p) in t.operation.paths.iter().enumerate() {
@@ -256,21 +203,32 @@ impl Authorizer {
                         }
                         let mut methods = Vec::new();
                         for (k, m) in t.operation.methods.iter().enumerate() {
-                            methods.push(http::Method::from_bytes(m.as_bytes()).map_err(|_| {
+                            http::Method::from_bytes(m.as_bytes()).map_err(|_| {
                                 PolicyError::new(
                                     field(format!("to[{ti}].operation.methods[{k}]")),
                                     format!("{m:?} is not an HTTP method"),
                                 )
-                            })?);
+                            })?;
+                            methods.push(Pattern::Exact(m.clone()));
                         }
-                        ops.push((paths, methods));
+                        to.push(OperationMatch {
+                            paths: Values {
+                                any: paths,
+                                not: Vec::new(),
+                            },
+                            methods: Values {
+                                any: methods,
+                                not: Vec::new(),
+                            },
+                            ..OperationMatch::default()
+                        });
                     }
-                    Some(ops)
-                };
+                }
                 let compiled = CompiledRule {
                     id: format!("{pname}/rules[{ri}]"),
-                    principals,
-                    operations,
+                    from,
+                    to,
+                    when: Vec::new(),
                 };
                 match policy.action {
                     Action::Allow => out.allow.push(compiled),
@@ -281,21 +239,73 @@ impl Authorizer {
         Ok(out)
     }
 
-    /// Decides one request. `principal` is the caller's verified identity (`None`: plaintext).
+    /// An authorizer from compiled rules (the Istio document loader builds these).
+    pub(crate) fn from_rules(
+        deny: Vec<CompiledRule>,
+        allow: Vec<CompiledRule>,
+        audit: Vec<CompiledRule>,
+        has_allow_policy: bool,
+        sources: Vec<String>,
+    ) -> Self {
+        Self {
+            deny,
+            allow,
+            audit,
+            has_allow_policy,
+            sources,
+        }
+    }
+
+    /// The policies that apply (`AuthorizationPolicy ns/name`), when built from documents.
+    pub fn sources(&self) -> &[String] {
+        &self.sources
+    }
+
+    /// Whether any policy applies at all (none: everything is allowed).
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_empty() && !self.has_allow_policy && self.audit.is_empty()
+    }
+
+    /// Decides one request by principal, method and path (no host, port or header
+    /// conditions: see [`decide`](Self::decide)). `principal` is the caller's verified
+    /// identity (`None`: plaintext).
     pub fn evaluate(
         &self,
         principal: Option<&SpiffeId>,
         method: &http::Method,
         path: &str,
     ) -> Decision {
-        let p = principal.map(|id| id.as_str().strip_prefix("spiffe://").unwrap_or(id.as_str()));
-        let decision = if let Some(rule) = self.deny.iter().find(|r| r.matches(p, method, path)) {
+        self.decide(&AuthzRequest {
+            principal,
+            method,
+            path,
+            host: "",
+            port: None,
+            headers: None,
+        })
+    }
+
+    /// Decides one request, in Istio's order: a matching `DENY` denies; with no `ALLOW`
+    /// policy the request is allowed; a matching `ALLOW` allows; anything else is denied.
+    /// `AUDIT` matches are logged and change nothing. The path is normalized first (Istio's
+    /// default `BASE` normalization: `/a/../b` is `/b`).
+    pub fn decide(&self, req: &AuthzRequest<'_>) -> Decision {
+        let p = req
+            .principal
+            .map(|id| id.as_str().strip_prefix("spiffe://").unwrap_or(id.as_str()));
+        let path = normalize_path(req.path);
+        let method = req.method;
+        let path = path.as_ref();
+        if let Some(rule) = self.audit.iter().find(|r| r.matches(req, p, path)) {
+            tracing::info!(principal = p.unwrap_or("(plaintext)"), %method, path, rule = %rule.id, "authorization audit");
+        }
+        let decision = if let Some(rule) = self.deny.iter().find(|r| r.matches(req, p, path)) {
             Decision {
                 allowed: false,
                 by: rule.id.clone(),
             }
         } else if self.has_allow_policy {
-            match self.allow.iter().find(|r| r.matches(p, method, path)) {
+            match self.allow.iter().find(|r| r.matches(req, p, path)) {
                 Some(rule) => Decision {
                     allowed: true,
                     by: rule.id.clone(),

@@ -8,7 +8,8 @@
 //! | [`P2cPeakEwma`](LbPolicy::P2cPeakEwma) (default) | the less loaded of two random endpoints, load = latency estimate × (in-flight + 1) | almost always: routes around slow endpoints with no health signal |
 //! | [`RoundRobin`](LbPolicy::RoundRobin) | each endpoint in turn | identical endpoints, predictable spread |
 //! | [`Weighted`](LbPolicy::Weighted) | at random, in proportion to endpoint weight | endpoints of different size |
-//! | [`RingHash`](LbPolicy::RingHash) | by consistent hash of a request header | affinity (caches, sessions) |
+//! | [`Random`](LbPolicy::Random) | uniformly at random | Istio `RANDOM` |
+//! | [`RingHash`](LbPolicy::RingHash), [`ConsistentHash`](LbPolicy::ConsistentHash) | by consistent hash of a header, cookie, query parameter or the source | affinity (caches, sessions) |
 //!
 //! The endpoint set follows discovery: a background task applies every new snapshot of the
 //! [`Subscription`] as a new immutable table (swapped atomically), keeping the connection pools
@@ -45,6 +46,7 @@
 //! ```
 
 mod ewma;
+mod feed;
 mod future;
 mod policy;
 mod ring;
@@ -69,13 +71,14 @@ use tower_service::Service;
 use self::{
     ewma::nanos_since,
     future::{Call, InFlight},
-    table::{Picker, Slot, Table},
+    table::{HashKey, Picker, Slot, Table},
 };
 pub use self::{
+    feed::{EndpointFeed, Selector},
     future::ResponseFuture,
     policy::{
-        DEFAULT_EWMA_DECAY, DEFAULT_IN_FLIGHT_BIAS, HeaderKey, InFlightBias, InvalidHeaderKey,
-        LbPolicy, MAX_IN_FLIGHT_BIAS,
+        DEFAULT_EWMA_DECAY, DEFAULT_IN_FLIGHT_BIAS, HashOn, HeaderKey, InFlightBias,
+        InvalidHeaderKey, LbPolicy, MAX_IN_FLIGHT_BIAS,
     },
     ring::DEFAULT_MIN_RING_SIZE,
     tried::TriedEndpoints,
@@ -127,7 +130,9 @@ impl BalanceConfig {
         if let Some(od) = &self.outlier_detection {
             od.validate().map_err(|e| e.within("outlierDetection"))?;
         }
-        if let LbPolicy::RingHash { min_ring_size, .. } = &self.policy {
+        if let LbPolicy::RingHash { min_ring_size, .. }
+        | LbPolicy::ConsistentHash { min_ring_size, .. } = &self.policy
+        {
             if *min_ring_size == 0 {
                 return Err(PolicyError::new("policy.minRingSize", "must be at least 1"));
             }
@@ -245,8 +250,9 @@ pub(crate) struct Shared<S, C> {
     updated: Notify,
     outlier: Arc<Outlier>,
     classifier: C,
-    /// Dropped with the last balancer clone; stops the update task.
-    _stop: oneshot::Sender<()>,
+    /// Dropped with the last balancer clone; stops the update task (none for a balancer fed
+    /// by an [`EndpointFeed`]).
+    _stop: Option<oneshot::Sender<()>>,
 }
 
 impl<S, C> Clone for Balancer<S, C> {
@@ -295,53 +301,8 @@ where
     where
         N: NewEndpoint<S>,
     {
-        let (picker, decay, min_ring_size) = match &config.policy {
-            LbPolicy::P2cPeakEwma {
-                decay,
-                in_flight_bias,
-            } => (
-                Picker::P2c {
-                    decay_ns: decay.as_nanos().max(1) as f64,
-                    // Out-of-range values are rejected when configuration is parsed; clamp
-                    // what code builds by hand rather than misbehave.
-                    bias: in_flight_bias.0.clamp(0.0, MAX_IN_FLIGHT_BIAS),
-                },
-                *decay,
-                0,
-            ),
-            LbPolicy::RoundRobin => (Picker::RoundRobin, DEFAULT_EWMA_DECAY, 0),
-            LbPolicy::Weighted => (Picker::Weighted, DEFAULT_EWMA_DECAY, 0),
-            LbPolicy::RingHash {
-                header,
-                min_ring_size,
-            } => (
-                Picker::RingHash {
-                    header: header.name().clone(),
-                },
-                DEFAULT_EWMA_DECAY,
-                *min_ring_size,
-            ),
-        };
         let (stop_tx, stop_rx) = oneshot::channel();
-        let epoch = Instant::now();
-        let outlier = Arc::new(Outlier::new(
-            service.clone(),
-            config.outlier_detection.clone(),
-            epoch,
-        ));
-        let shared = Arc::new(Shared {
-            service,
-            picker,
-            min_ring_size,
-            config,
-            epoch,
-            decay_ns: decay.as_nanos().max(1) as f64,
-            table: ArcSwap::from_pointee(Table::unresolved()),
-            updated: Notify::new(),
-            outlier,
-            classifier,
-            _stop: stop_tx,
-        });
+        let shared = Arc::new(Shared::new(service, config, classifier, Some(stop_tx)));
         shared.apply(&subscription.snapshot_and_update(), &new_endpoint);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
@@ -358,6 +319,102 @@ where
         Self { shared }
     }
 
+    /// A balancer over the endpoints of `feed` that `selector` picks (a subset; empty: all),
+    /// following the feed's changes without a task of its own.
+    pub fn from_feed<N>(
+        feed: &EndpointFeed,
+        name: ServiceName,
+        selector: Selector,
+        config: BalanceConfig,
+        new_endpoint: N,
+        classifier: C,
+    ) -> Self
+    where
+        N: NewEndpoint<S>,
+    {
+        let shared = Arc::new(Shared::new(name, config, classifier, None));
+        feed.join(Arc::new(feed::BalancerMember {
+            shared: Arc::downgrade(&shared),
+            new_endpoint,
+            selector,
+        }));
+        Self { shared }
+    }
+}
+
+impl<S, C> Shared<S, C> {
+    fn new(
+        service: ServiceName,
+        config: BalanceConfig,
+        classifier: C,
+        stop: Option<oneshot::Sender<()>>,
+    ) -> Self {
+        let (picker, decay, min_ring_size) = match &config.policy {
+            LbPolicy::P2cPeakEwma {
+                decay,
+                in_flight_bias,
+            } => (
+                Picker::P2c {
+                    decay_ns: decay.as_nanos().max(1) as f64,
+                    // Out-of-range values are rejected when configuration is parsed; clamp
+                    // what code builds by hand rather than misbehave.
+                    bias: in_flight_bias.0.clamp(0.0, MAX_IN_FLIGHT_BIAS),
+                },
+                *decay,
+                0,
+            ),
+            LbPolicy::RoundRobin => (Picker::RoundRobin, DEFAULT_EWMA_DECAY, 0),
+            LbPolicy::Weighted => (Picker::Weighted, DEFAULT_EWMA_DECAY, 0),
+            LbPolicy::Random => (Picker::Random, DEFAULT_EWMA_DECAY, 0),
+            LbPolicy::RingHash {
+                header,
+                min_ring_size,
+            } => (
+                Picker::RingHash {
+                    on: HashKey::Header(header.name().clone()),
+                },
+                DEFAULT_EWMA_DECAY,
+                *min_ring_size,
+            ),
+            LbPolicy::ConsistentHash {
+                hash_on,
+                min_ring_size,
+            } => (
+                Picker::RingHash {
+                    on: match hash_on {
+                        HashOn::Header(h) => HashKey::Header(h.name().clone()),
+                        HashOn::Cookie(c) => HashKey::Cookie(c.clone()),
+                        HashOn::QueryParameter(q) => HashKey::Query(q.clone()),
+                        HashOn::SourceIp => HashKey::Source(source_key()),
+                    },
+                },
+                DEFAULT_EWMA_DECAY,
+                *min_ring_size,
+            ),
+        };
+        let epoch = Instant::now();
+        let outlier = Arc::new(Outlier::new(
+            service.clone(),
+            config.outlier_detection.clone(),
+            epoch,
+        ));
+        Shared {
+            service,
+            picker,
+            min_ring_size,
+            config,
+            epoch,
+            decay_ns: decay.as_nanos().max(1) as f64,
+            table: ArcSwap::from_pointee(Table::unresolved()),
+            updated: Notify::new(),
+            outlier,
+            classifier,
+            _stop: stop,
+        }
+    }
+}
+
+impl<S, C> Balancer<S, C> {
     /// The service this balancer serves.
     pub fn service(&self) -> &ServiceName {
         &self.shared.service
@@ -429,6 +486,13 @@ impl<S, C> Shared<S, C> {
             self.config.discovery_timeout
         }
     }
+}
+
+/// The consistent-hash key of `useSourceIp`: one random value per process (the process is the
+/// source of every request it sends).
+fn source_key() -> u64 {
+    static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| fastrand::u64(..))
 }
 
 /// Applies discovery snapshots until the balancer or the source goes away.
@@ -560,7 +624,14 @@ impl<S, C> Shared<S, C> {
         now: u64,
     ) -> Option<&'t Arc<Slot<S>>> {
         let tried = req.extensions().get::<TriedEndpoints>();
-        let slot = table.pick(&self.picker, req.headers(), now, &self.outlier, tried)?;
+        let slot = table.pick(
+            &self.picker,
+            req.headers(),
+            req.uri(),
+            now,
+            &self.outlier,
+            tried,
+        )?;
         if let Some(t) = tried {
             t.record(slot.endpoint.addr);
         }

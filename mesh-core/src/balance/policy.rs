@@ -39,6 +39,8 @@ pub enum LbPolicy {
     RoundRobin,
     /// Random choice in proportion to endpoint weights.
     Weighted,
+    /// Uniformly random choice (Istio `RANDOM`).
+    Random,
     /// Consistent hashing on a request header (Istio `consistentHash.httpHeaderName`): requests
     /// with the same header value go to the same endpoint while it exists. Requests without the
     /// header are spread at random.
@@ -50,6 +52,35 @@ pub enum LbPolicy {
         #[serde(default = "default_ring_size")]
         min_ring_size: usize,
     },
+    /// Consistent hashing on any of Istio's `consistentHash` keys (a header, a cookie, a query
+    /// parameter, the source address): requests with the same key go to the same endpoint
+    /// while it exists; requests without the key are spread at random.
+    #[serde(rename_all = "camelCase")]
+    ConsistentHash {
+        /// What is hashed.
+        hash_on: HashOn,
+        /// Minimum points on the ring (more points, smoother spread).
+        #[serde(default = "default_ring_size")]
+        min_ring_size: usize,
+    },
+}
+
+/// What a consistent-hash balancer hashes (Istio's `consistentHash` keys).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum HashOn {
+    /// A request header's value (`httpHeaderName`).
+    Header(HeaderKey),
+    /// A cookie's value (`httpCookie.name`). Envoy also sets the cookie when it is absent; an
+    /// in-process client cannot answer its caller with a cookie, so requests without it are
+    /// spread at random.
+    Cookie(String),
+    /// A query parameter's value (`httpQueryParameterName`).
+    QueryParameter(String),
+    /// The source address (`useSourceIp`): for an outbound sidecar, the workload's own address,
+    /// so every request of one workload goes to one endpoint. In-process, the key is one value
+    /// per client process.
+    SourceIp,
 }
 
 fn default_decay() -> Duration {
@@ -202,6 +233,6 @@ mod tests {
             serde_json::from_str::<LbPolicy>(r#"{"kind":"ring-hash","header":"bad header"}"#)
                 .is_err()
         );
-        assert!(serde_json::from_str::<LbPolicy>(r#"{"kind":"random"}"#).is_err());
+        assert!(serde_json::from_str::<LbPolicy>(r#"{"kind":"fastest"}"#).is_err());
     }
 }

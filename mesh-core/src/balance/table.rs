@@ -37,7 +37,43 @@ pub(crate) enum Picker {
     P2c { decay_ns: f64, bias: f64 },
     RoundRobin,
     Weighted,
-    RingHash { header: http::HeaderName },
+    Random,
+    RingHash { on: HashKey },
+}
+
+/// The compiled key of a consistent-hash picker.
+#[derive(Clone, Debug)]
+pub(crate) enum HashKey {
+    Header(http::HeaderName),
+    Cookie(String),
+    Query(String),
+    /// The client's own address: one value per process.
+    Source(u64),
+}
+
+impl HashKey {
+    /// The hash of the request's key, if it has one.
+    fn of(&self, headers: &http::HeaderMap, uri: &http::Uri) -> Option<u64> {
+        match self {
+            HashKey::Header(h) => headers.get(h).map(|v| hash(v.as_bytes())),
+            HashKey::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    (k == name).then(|| hash(v.as_bytes()))
+                }),
+            HashKey::Query(name) => uri.query().and_then(|q| {
+                q.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == name).then(|| hash(v.as_bytes()))
+                })
+            }),
+            HashKey::Source(h) => Some(*h),
+        }
+    }
 }
 
 pub(crate) struct Table<S> {
@@ -114,6 +150,7 @@ impl<S> Table<S> {
         &self,
         picker: &Picker,
         headers: &http::HeaderMap,
+        uri: &http::Uri,
         now_ns: u64,
         outlier: &Outlier,
         tried: Option<&TriedEndpoints>,
@@ -125,7 +162,9 @@ impl<S> Table<S> {
             return match n {
                 0 => None,
                 1 => self.slots.first(),
-                _ => self.slots.get(self.choose(picker, headers, now_ns, None)),
+                _ => self
+                    .slots
+                    .get(self.choose(picker, headers, uri, now_ns, None)),
             };
         }
         let untried = |s: &Slot<S>| tried.is_none_or(|t| !t.contains(&s.endpoint.addr));
@@ -149,10 +188,12 @@ impl<S> Table<S> {
         }
         if subset.is_empty() {
             outlier.panic_pick();
-            return self.slots.get(self.choose(picker, headers, now_ns, None));
+            return self
+                .slots
+                .get(self.choose(picker, headers, uri, now_ns, None));
         }
         self.slots
-            .get(self.choose(picker, headers, now_ns, Some(&subset)))
+            .get(self.choose(picker, headers, uri, now_ns, Some(&subset)))
     }
 
     /// The policy's choice among all endpoints, or among `subset` (indices, non-empty).
@@ -160,6 +201,7 @@ impl<S> Table<S> {
         &self,
         picker: &Picker,
         headers: &http::HeaderMap,
+        uri: &http::Uri,
         now_ns: u64,
         subset: Option<&[usize]>,
     ) -> usize {
@@ -215,12 +257,11 @@ impl<S> Table<S> {
                     s[s.len() - 1]
                 }
             },
-            Picker::RingHash { header } => match headers.get(header) {
-                Some(v) => self
+            Picker::Random => at(fastrand::usize(..n)),
+            Picker::RingHash { on } => match on.of(headers, uri) {
+                Some(h) => self
                     .ring
-                    .lookup_where(hash(v.as_bytes()), |i| {
-                        subset.is_none_or(|s| s.contains(&i))
-                    })
+                    .lookup_where(h, |i| subset.is_none_or(|s| s.contains(&i)))
                     .unwrap_or_else(|| at(0)),
                 None => at(fastrand::usize(..n)),
             },

@@ -79,7 +79,7 @@ where
             note_stop(&shared, Stop::Overflow, kind, next);
             return last;
         };
-        if !shared.budget.withdraw(Instant::now()) {
+        if !shared.share.budget.withdraw(Instant::now()) {
             note_stop(&shared, Stop::Budget, kind, next);
             return last;
         }
@@ -92,7 +92,7 @@ where
         };
         drop(last);
         let wait = policy.backoff.delay(next);
-        shared.stats.retries.fetch_add(1, Relaxed);
+        shared.share.stats.retries.fetch_add(1, Relaxed);
         tracing::debug!(service = %shared.service, attempt = next + 1, failure = %kind,
             backoff = ?wait, "retrying");
         if !wait.is_zero() {
@@ -185,19 +185,19 @@ pub(super) fn note_stop<C>(shared: &Shared<C>, stop: Stop, kind: FailureKind, ne
     match stop {
         Stop::NotRetryable | Stop::Attempts => {}
         Stop::NotReplayable => {
-            shared.stats.not_replayable.fetch_add(1, Relaxed);
+            shared.share.stats.not_replayable.fetch_add(1, Relaxed);
             tracing::debug!(%service, failure = %kind, "not retried: the request body is too big to replay");
         }
         Stop::Deadline => {
             tracing::debug!(%service, failure = %kind, "not retried: no time left before the deadline");
         }
         Stop::Overflow => {
-            shared.stats.retry_overflow.fetch_add(1, Relaxed);
-            tracing::debug!(%service, failure = %kind, max = shared.policy.max_concurrent_retries,
+            shared.share.stats.retry_overflow.fetch_add(1, Relaxed);
+            tracing::debug!(%service, failure = %kind, max = shared.share.max_concurrent,
                 "not retried: too many retries in flight");
         }
         Stop::Budget => {
-            shared.stats.budget_exhausted.fetch_add(1, Relaxed);
+            shared.share.stats.budget_exhausted.fetch_add(1, Relaxed);
             tracing::debug!(%service, failure = %kind, attempt = next,
                 "not retried: retry budget exhausted");
         }

@@ -8,8 +8,34 @@ use super::{
 /// Sends the first attempt of a request on `svc` (ready: mesh's layers always are).
 pub(super) fn start<S, C, B>(
     shared: &Arc<Shared<C>>,
-    mut svc: S,
+    svc: S,
     req: http::Request<B>,
+) -> ResponseFuture<S, B, C>
+where
+    S: Service<http::Request<ReplayBody<B>>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: From<TimedOut> + Send + 'static,
+    C: Classify<S::Response, S::Error> + Send + Sync + 'static,
+    B: http_body::Body + Send + 'static,
+{
+    let max = match shared.policy.attempts {
+        0 => 0,
+        _ => shared.policy.max_replay_bytes,
+    };
+    let (parts, body) = req.into_parts();
+    start_wrapped(
+        shared,
+        svc,
+        http::Request::from_parts(parts, ReplayBody::new(body, max)),
+    )
+}
+
+/// [`start`] for a request whose body is already wrapped for replay.
+pub(super) fn start_wrapped<S, C, B>(
+    shared: &Arc<Shared<C>>,
+    mut svc: S,
+    req: http::Request<ReplayBody<B>>,
 ) -> ResponseFuture<S, B, C>
 where
     S: Service<http::Request<ReplayBody<B>>> + Clone + Send + 'static,
@@ -23,15 +49,13 @@ where
         let now = Instant::now();
         let shared = shared.clone();
         let policy = &shared.policy;
-        shared.budget.deposit(now);
-        shared.stats.requests.fetch_add(1, Relaxed);
+        shared.share.budget.deposit(now);
+        shared.share.stats.requests.fetch_add(1, Relaxed);
         if policy.attempts == 0 {
-            let (parts, body) = req.into_parts();
-            let fut = svc.call(http::Request::from_parts(parts, ReplayBody::new(body, 0)));
+            let fut = svc.call(req);
             return ResponseFuture::first(shared, fut, None, None, now);
         }
         let (mut parts, body) = req.into_parts();
-        let body = ReplayBody::new(body, policy.max_replay_bytes);
         let idempotent = policy.retry_non_idempotent || is_idempotent(&parts.method);
         let deadline = parts.extensions.get::<Deadline>().copied();
         let spare = body.replay();
@@ -288,13 +312,13 @@ pub(super) struct RetrySlot<'a>(&'a AtomicUsize);
 
 impl<'a> RetrySlot<'a> {
     pub(super) fn take<C>(shared: &'a Shared<C>) -> Option<Self> {
-        let max = shared.policy.max_concurrent_retries as usize;
-        let n = shared.retries_in_flight.fetch_add(1, Relaxed);
+        let max = shared.share.max_concurrent as usize;
+        let n = shared.share.in_flight.fetch_add(1, Relaxed);
         if n >= max {
-            shared.retries_in_flight.fetch_sub(1, Relaxed);
+            shared.share.in_flight.fetch_sub(1, Relaxed);
             return None;
         }
-        Some(Self(&shared.retries_in_flight))
+        Some(Self(&shared.share.in_flight))
     }
 }
 
@@ -376,11 +400,11 @@ where
             Either::Right(((), first)) => first,
         };
         let Some(_slot) = RetrySlot::take(shared) else {
-            shared.stats.retry_overflow.fetch_add(1, Relaxed);
+            shared.share.stats.retry_overflow.fetch_add(1, Relaxed);
             return first.await;
         };
-        if !shared.budget.withdraw(Instant::now()) {
-            shared.stats.budget_exhausted.fetch_add(1, Relaxed);
+        if !shared.share.budget.withdraw(Instant::now()) {
+            shared.share.stats.budget_exhausted.fetch_add(1, Relaxed);
             tracing::debug!(service = %shared.service, "not hedged: retry budget exhausted");
             return first.await;
         }
@@ -390,7 +414,7 @@ where
         if ctx.svc.ready().await.is_err() {
             return first.await;
         }
-        shared.stats.hedges.fetch_add(1, Relaxed);
+        shared.share.stats.hedges.fetch_add(1, Relaxed);
         tracing::debug!(service = %shared.service, after = ?delay, "hedging: the first attempt is slow");
         // The balancer sees the first attempt's endpoint in TriedEndpoints and goes elsewhere.
         let second = Box::pin(ctx.svc.call(again));

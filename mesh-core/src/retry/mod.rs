@@ -163,13 +163,45 @@ impl RetryStats {
     }
 }
 
+/// What every route to one destination shares: the retry budget, the bound on retries in
+/// flight, and the counters. One per destination (see [`BudgetPolicy`]); each route's
+/// [`RetryLayer`] holds it.
+#[derive(Debug)]
+pub struct RetryShare {
+    budget: RetryBudget,
+    max_concurrent: u32,
+    in_flight: AtomicUsize,
+    stats: RetryStats,
+}
+
+impl RetryShare {
+    /// A budget and counters for one destination.
+    pub fn new(policy: &BudgetPolicy) -> Result<Arc<Self>, PolicyError> {
+        policy.validate()?;
+        Ok(Arc::new(Self {
+            budget: RetryBudget::new(policy.ttl, policy.min_per_second, policy.ratio),
+            max_concurrent: policy.max_concurrent,
+            in_flight: AtomicUsize::new(0),
+            stats: RetryStats::default(),
+        }))
+    }
+
+    /// The destination's counters (every route's retries).
+    pub fn stats(&self) -> RetryCounts {
+        self.stats.snapshot()
+    }
+
+    /// Retries the budget allows right now.
+    pub fn budget_available(&self) -> f64 {
+        self.budget.available()
+    }
+}
+
 struct Shared<C> {
     service: ServiceName,
     policy: RetryPolicy,
-    budget: RetryBudget,
+    share: Arc<RetryShare>,
     classifier: C,
-    stats: RetryStats,
-    retries_in_flight: AtomicUsize,
     latency: Option<LatencyTracker>,
 }
 
@@ -187,40 +219,65 @@ impl<C> Clone for RetryLayer<C> {
 }
 
 impl<C> RetryLayer<C> {
-    /// Retries requests to `service` by `policy`; `classifier` tells which results failed.
+    /// Retries requests to `service` by `policy`, with a default budget of its own;
+    /// `classifier` tells which results failed.
     pub fn new(
         service: ServiceName,
         policy: RetryPolicy,
         classifier: C,
     ) -> Result<Self, PolicyError> {
+        let share = RetryShare::new(&BudgetPolicy::default())?;
+        Self::with_share(service, policy, classifier, share)
+    }
+
+    /// Retries requests of one route by `policy`, spending the destination's shared budget.
+    pub fn with_share(
+        service: ServiceName,
+        policy: RetryPolicy,
+        classifier: C,
+        share: Arc<RetryShare>,
+    ) -> Result<Self, PolicyError> {
         policy.validate()?;
-        let budget = RetryBudget::new(
-            policy.budget.ttl,
-            policy.budget.min_per_second,
-            policy.budget.ratio,
-        );
         let latency = policy.hedge.as_ref().map(|h| LatencyTracker::new(h.window));
         Ok(Self {
             shared: Arc::new(Shared {
                 service,
                 policy,
-                budget,
+                share,
                 classifier,
-                stats: RetryStats::default(),
-                retries_in_flight: AtomicUsize::new(0),
                 latency,
             }),
         })
     }
 
-    /// The counters of every service this layer built.
+    /// The counters of the destination (shared by its routes).
     pub fn stats(&self) -> RetryCounts {
-        self.shared.stats.snapshot()
+        self.shared.share.stats.snapshot()
     }
 
     /// Retries the budget allows right now.
     pub fn budget_available(&self) -> f64 {
-        self.shared.budget.available()
+        self.shared.share.budget.available()
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.shared.policy
+    }
+
+    /// Sends `req` (whose body is already wrapped for replay, e.g. because the caller also
+    /// mirrors it) through `svc` under this policy: what [`Retry`] does, for a caller that
+    /// picks the inner service per request.
+    pub fn call<S, B>(&self, svc: S, req: http::Request<ReplayBody<B>>) -> ResponseFuture<S, B, C>
+    where
+        S: Service<http::Request<ReplayBody<B>>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Response: Send + 'static,
+        S::Error: From<TimedOut> + Send + 'static,
+        C: Classify<S::Response, S::Error> + Send + Sync + 'static,
+        B: http_body::Body + Send + 'static,
+    {
+        future::start_wrapped(&self.shared, svc, req)
     }
 }
 
@@ -252,7 +309,7 @@ impl<S: Clone, C> Clone for Retry<S, C> {
 impl<S, C> Retry<S, C> {
     /// This destination's counters.
     pub fn stats(&self) -> RetryCounts {
-        self.shared.stats.snapshot()
+        self.shared.share.stats.snapshot()
     }
 }
 

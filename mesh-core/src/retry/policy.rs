@@ -43,10 +43,12 @@ pub const DEFAULT_MAX_CONCURRENT_RETRIES: u32 = 256;
 /// backoff: { base: 25ms, max: 250ms, multiplier: 2 }
 /// retryNonIdempotent: false
 /// maxReplayBytes: 65536
-/// maxConcurrentRetries: 256
-/// budget: { ratio: 0.2, minPerSecond: 10, ttl: 10s }
 /// hedge: { percentile: 0.95, minSamples: 100, window: 10s }   # off unless present
 /// ```
+///
+/// This is route-level policy (Istio's `HTTPRetry`, on a VirtualService route); the retry
+/// budget that bounds how much retries may add is destination-level ([`BudgetPolicy`]), shared
+/// by every route to the destination.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetryPolicy {
@@ -65,10 +67,6 @@ pub struct RetryPolicy {
     pub retry_non_idempotent: bool,
     /// Bodies up to this size are kept to be replayed; bigger bodies are sent once.
     pub max_replay_bytes: usize,
-    /// Retries (and hedges) in flight at once; beyond it a failure is returned as is.
-    pub max_concurrent_retries: u32,
-    /// How much extra load retries may add.
-    pub budget: BudgetPolicy,
     /// Send a second request when the first is slow (off by default).
     pub hedge: Option<HedgePolicy>,
 }
@@ -82,8 +80,6 @@ impl Default for RetryPolicy {
             backoff: Backoff::default(),
             retry_non_idempotent: false,
             max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
-            max_concurrent_retries: DEFAULT_MAX_CONCURRENT_RETRIES,
-            budget: BudgetPolicy::default(),
             hedge: None,
         }
     }
@@ -132,7 +128,6 @@ impl RetryPolicy {
             ));
         }
         self.backoff.validate().map_err(|e| e.within("backoff"))?;
-        self.budget.validate().map_err(|e| e.within("budget"))?;
         if let Some(h) = &self.hedge {
             h.validate().map_err(|e| e.within("hedge"))?;
         }
@@ -231,9 +226,11 @@ impl Backoff {
     }
 }
 
-/// The retry budget: retries may add `ratio` of the requests seen in the last `ttl`, plus
-/// `minPerSecond` retries per second (so a quiet client can still retry). Exhausted, a failure is
-/// returned as it is. Hedges draw on the same budget.
+/// The retry budget of a destination, shared by all its routes: retries may add `ratio` of the
+/// requests seen in the last `ttl`, plus `minPerSecond` retries per second (so a quiet client
+/// can still retry), with at most `maxConcurrent` retries in flight at once (Istio's
+/// DestinationRule `connectionPool.http.maxRetries`). Exhausted, a failure is returned as it
+/// is. Hedges draw on the same budget.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct BudgetPolicy {
@@ -244,6 +241,8 @@ pub struct BudgetPolicy {
     /// How long a request counts toward the budget (1 s to 60 s).
     #[serde(with = "crate::duration::serde")]
     pub ttl: Duration,
+    /// Retries (and hedges) in flight at once; beyond it a failure is returned as is.
+    pub max_concurrent: u32,
 }
 
 impl Default for BudgetPolicy {
@@ -252,12 +251,14 @@ impl Default for BudgetPolicy {
             ratio: DEFAULT_BUDGET_RATIO,
             min_per_second: DEFAULT_BUDGET_MIN_PER_SECOND,
             ttl: DEFAULT_BUDGET_TTL,
+            max_concurrent: DEFAULT_MAX_CONCURRENT_RETRIES,
         }
     }
 }
 
 impl BudgetPolicy {
-    fn validate(&self) -> Result<(), PolicyError> {
+    /// Checks ranges; the error names the field.
+    pub fn validate(&self) -> Result<(), PolicyError> {
         if !(0.0..=10.0).contains(&self.ratio) {
             return Err(PolicyError::new("ratio", "must be between 0 and 10"));
         }
@@ -322,14 +323,12 @@ mod tests {
 
     #[test]
     fn invalid_values_name_their_field() {
-        let p: RetryPolicy = serde_json::from_str(
-            r#"{"budget": {"ttl": "2m"}, "backoff": {"base": "1s", "max": "10ms"}}"#,
-        )
-        .unwrap();
+        let p: RetryPolicy =
+            serde_json::from_str(r#"{"backoff": {"base": "1s", "max": "10ms"}}"#).unwrap();
         let e = p.validate().unwrap_err();
         assert_eq!(e.field, "backoff.max");
-        let p: RetryPolicy = serde_json::from_str(r#"{"budget": {"ttl": "2m"}}"#).unwrap();
-        assert_eq!(p.validate().unwrap_err().field, "budget.ttl");
+        let b: BudgetPolicy = serde_json::from_str(r#"{"ttl": "2m"}"#).unwrap();
+        assert_eq!(b.validate().unwrap_err().field, "ttl");
         let p: RetryPolicy = serde_json::from_str(r#"{"retryOn": {"statuses": [700]}}"#).unwrap();
         assert_eq!(p.validate().unwrap_err().field, "retryOn.statuses");
         let p: RetryPolicy = serde_json::from_str(r#"{"retryOn": {"grpcStatuses": [0]}}"#).unwrap();

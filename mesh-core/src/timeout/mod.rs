@@ -93,6 +93,23 @@ impl TimeoutLayer {
     }
 }
 
+impl TimeoutLayer {
+    /// Sets `req`'s deadline and bounds the future `call` makes of it: what [`Timeout`] does,
+    /// for a caller that chooses the inner service per request.
+    pub fn wrap<B, F>(
+        &self,
+        mut req: http::Request<B>,
+        call: impl FnOnce(http::Request<B>) -> F,
+    ) -> ResponseFuture<F> {
+        let (sleep, error) = arm(&self.service, self.timeout, &mut req);
+        ResponseFuture {
+            inner: call(req),
+            sleep,
+            error,
+        }
+    }
+}
+
 impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
     fn layer(&self, inner: S) -> Timeout<S> {
@@ -136,15 +153,25 @@ where
 }
 
 impl<S> Timeout<S> {
-    /// Sets the request's deadline; returns the timer and the error to give when it fires.
     fn arm<B>(&self, req: &mut http::Request<B>) -> (Option<Pin<Box<Sleep>>>, Option<TimedOut>) {
+        arm(&self.service, self.timeout, req)
+    }
+}
+
+/// Sets the request's deadline; returns the timer and the error to give when it fires.
+fn arm<B>(
+    service: &ServiceName,
+    timeout: Option<Duration>,
+    req: &mut http::Request<B>,
+) -> (Option<Pin<Box<Sleep>>>, Option<TimedOut>) {
+    {
         if Deadline::of(req).is_none() {
             // A call made while handling an incoming request inherits its deadline.
             if let Some(inherited) = Deadline::current() {
                 inherited.apply(req);
             }
         }
-        let deadline = match self.timeout {
+        let deadline = match timeout {
             Some(t) => {
                 let d = Deadline::after(t).apply(req);
                 Some((d, t.min(d.remaining())))
@@ -153,7 +180,7 @@ impl<S> Timeout<S> {
         };
         let sleep = deadline.map(|(d, _)| Box::pin(tokio::time::sleep_until(d.instant().into())));
         let error = deadline.map(|(_, after)| TimedOut {
-            service: self.service.clone(),
+            service: service.clone(),
             kind: TimeoutKind::Request,
             after,
         });

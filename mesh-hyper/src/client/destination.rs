@@ -1,47 +1,38 @@
-//! One destination service: its stack, the handles on its parts, and how its endpoints are
-//! reached (plaintext or mTLS with the expected identity).
+//! One logical destination (the service a request's authority names): its live routing, the
+//! retry budget its routes share, its metrics, and the idle bookkeeping.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex, Weak,
     atomic::{AtomicBool, AtomicU8, Ordering::Relaxed},
 };
 
+use arc_swap::ArcSwap;
 use mesh_core::{
-    Balancer, Destination, PolicyError, Protocol, ServiceName,
-    breaker::{Breaker, BreakerLayer},
-    discover::{
-        Subscription,
-        health::{CheckKind, health_checked},
-    },
-    limit::{Limit, LimitLayer},
-    retry::{ReplayBody, Retry, RetryLayer},
+    ServiceConfig, ServiceName,
+    balance::EndpointStats,
+    config::ConfigStore,
+    limit::LimitCounts,
+    retry::{BudgetPolicy, RetryShare},
     telemetry::{DestinationSnapshot, DestinationSource, DiscoverySnapshot, RequestMetrics},
-    timeout::{Timeout, TimeoutLayer},
-    tls::{ClientTlsMode, ClientTlsPolicy, TlsStore},
 };
-use rustls::pki_types::ServerName;
-use tower::Layer;
 
-use super::{
-    ClientSettings, Dialect, EndpointTarget, HttpEndpoint, RequestBody, endpoint::TlsTarget,
-};
+use super::{Dialect, Inner, RequestBody, mirror::Mirrors, router::Routing};
 use crate::Error;
 
-pub(super) type Balanced<B, D> = Balancer<HttpEndpoint<ReplayBody<B>, D>, D>;
-
-/// The whole per-destination stack (see the module docs for the order).
-pub(super) type Stack<B, D> = Timeout<Retry<Breaker<Limit<Balanced<B, D>>, D>, D>>;
-
-/// The stack of one destination service, and handles on its parts for statistics.
+/// The destination of one service name. See the [module docs](self).
 pub(super) struct Dest<B, D> {
     pub(super) name: ServiceName,
-    pub(super) stack: Stack<B, D>,
-    pub(super) balancer: Balanced<B, D>,
-    retry: RetryLayer<D>,
-    limit: Limit<Balanced<B, D>>,
-    breaker: Option<BreakerLayer<D>>,
-    /// The discovery source's stream (before health filtering), for its version and errors.
-    discovery: Subscription,
+    /// Its own policy (code, file or defaults): the base the documents override.
+    pub(super) base: ServiceConfig,
+    routing: ArcSwap<Routing<B, D>>,
+    /// Serializes rebuilds after a configuration change.
+    rebuilding: Mutex<()>,
+    config: Option<ConfigStore>,
+    client: Weak<Inner<B, D>>,
+    /// The retry budget every route to this destination shares, and the policy it was made
+    /// with (a new one replaces it only when the policy changes).
+    pub(super) retry_share: ArcSwap<(BudgetPolicy, Arc<RetryShare>)>,
+    pub(super) mirrors: Arc<Mirrors>,
     /// Request counters and latency, when the client has telemetry.
     pub(super) metrics: Option<Arc<RequestMetrics>>,
     /// Whether requests get a `traceparent` (see `ClientSettings::trace_context`).
@@ -55,30 +46,101 @@ pub(super) struct Dest<B, D> {
     idle_sweeps: AtomicU8,
 }
 
-impl<B: RequestBody, D: Dialect> DestinationSource for Dest<B, D> {
-    fn snapshot(&self) -> DestinationSnapshot {
-        let endpoints = self.balancer.endpoints();
-        let discovery = self.discovery.snapshot();
-        let (requests, latency) = match &self.metrics {
-            Some(m) => (m.statuses(), m.latency()),
-            None => (Vec::new(), RequestMetrics::default().latency()),
+impl<B: RequestBody, D: Dialect> Dest<B, D> {
+    /// A destination with its first routing (built by `client`).
+    pub(super) fn new(
+        client: &Arc<Inner<B, D>>,
+        name: ServiceName,
+        base: ServiceConfig,
+        on_demand: bool,
+    ) -> Result<Arc<Self>, Error> {
+        let config = client.mesh.config().cloned();
+        let budget = base.destination.retry_budget.clone();
+        let share = RetryShare::new(&budget).map_err(|error| Error::Policy {
+            service: name.clone(),
+            error,
+        })?;
+        let mirrors = Arc::new(Mirrors::default());
+        let generation = config.as_ref().map_or(0, ConfigStore::generation);
+        let dest = Arc::new_cyclic(|_| Self {
+            routing: ArcSwap::from_pointee(Routing::empty(name.clone(), mirrors.clone())),
+            name,
+            base,
+            rebuilding: Mutex::new(()),
+            config,
+            client: Arc::downgrade(client),
+            retry_share: ArcSwap::from_pointee((budget, share)),
+            mirrors,
+            metrics: client
+                .settings
+                .telemetry
+                .is_some()
+                .then(|| Arc::new(RequestMetrics::default())),
+            trace_context: client.settings.trace_context,
+            dialect: client.dialect.clone(),
+            on_demand,
+            used: AtomicBool::new(true),
+            idle_sweeps: AtomicU8::new(0),
+        });
+        let routing = client.routing(&dest, generation)?;
+        dest.routing.store(Arc::new(routing));
+        Ok(dest)
+    }
+
+    /// The routing in force, rebuilt first when the configuration changed since it was built.
+    pub(super) fn routing(&self) -> Arc<Routing<B, D>> {
+        let current = self.routing.load_full();
+        let Some(config) = &self.config else {
+            return current;
         };
-        DestinationSnapshot {
-            service: self.name.clone(),
-            requests,
-            latency,
-            in_flight: endpoints.iter().map(|e| e.in_flight).sum(),
-            retries: self.retry.stats(),
-            retry_budget: self.retry.budget_available(),
-            limits: self.limit.counts(),
-            breaker: self.breaker.as_ref().map(BreakerLayer::state),
-            endpoints,
-            discovery: DiscoverySnapshot {
-                version: discovery.version,
-                errors: discovery.errors,
-                last_error: discovery.last_error.map(|e| e.to_string()),
-            },
+        let generation = config.generation();
+        if current.generation == generation {
+            return current;
         }
+        let _guard = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.routing.load_full();
+        if current.generation == generation {
+            return current; // another request rebuilt it meanwhile
+        }
+        let Some(client) = self.client.upgrade() else {
+            return current;
+        };
+        let rebuilt = match client.routing(self, generation) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                // The documents validated, but this destination cannot apply them (say, mTLS
+                // without an identity): keep the routes in force, and do not try again until the
+                // next change.
+                tracing::error!(service = %self.name, error = %e, "routes not updated: keeping the previous ones");
+                Arc::new(current.with_generation(generation))
+            }
+        };
+        tracing::debug!(service = %self.name, generation, routes = rebuilt.routes.len(), "routes rebuilt");
+        self.routing.store(rebuilt.clone());
+        rebuilt
+    }
+
+    /// The endpoints of every backend the routes use (each address once).
+    pub(super) fn endpoints(&self) -> Vec<EndpointStats> {
+        let routing = self.routing.load();
+        let mut out: Vec<EndpointStats> = Vec::new();
+        for b in routing.backends() {
+            for e in b.balancer.endpoints() {
+                if !out.iter().any(|o| o.addr == e.addr) {
+                    out.push(e);
+                }
+            }
+        }
+        out
+    }
+
+    /// Requests in flight to the backends (for the idle sweep).
+    pub(super) fn in_flight(&self) -> usize {
+        self.routing
+            .load()
+            .backends()
+            .map(|b| b.balancer.in_flight())
+            .sum()
     }
 }
 
@@ -103,177 +165,46 @@ impl<B, D> Dest<B, D> {
     }
 }
 
-impl<B: RequestBody, D: Dialect> Dest<B, D> {
-    /// Builds the stack of one destination, bottom to top (see the module docs).
-    pub(super) fn build(
-        dest: Destination,
-        settings: &ClientSettings,
-        dialect: &D,
-    ) -> Result<Self, Error> {
-        let Destination {
-            name,
-            config,
-            mut subscription,
-            on_demand,
-        } = dest;
-        let discovery = subscription.clone();
-        let dialect = dialect.clone();
-        let self_dialect = dialect.clone();
-        tracing::debug!(service = %name, policy = ?config.balance.policy,
-            protocol = ?config.protocol, "new destination");
-        let policy_error = |error| Error::Policy {
-            service: name.clone(),
-            error,
-        };
-        let (has_telemetry, trace_context) = (settings.telemetry.is_some(), settings.trace_context);
-        let settings = settings.clone();
-        let protocol = dialect.protocol(config.protocol);
-        if config.tls.mode == ClientTlsMode::Mutual && settings.tls.is_none() {
-            return Err(policy_error(PolicyError::new(
-                "tls.mode",
-                "MUTUAL needs a TLS identity: set ClientSettings::tls",
-            )));
-        }
-        let targets = Arc::new(Targets {
-            service: name.clone(),
-            protocol,
-            tls_policy: config.tls.clone(),
-            settings,
-        });
-        if let Some(policy) = &config.health_check {
-            let kind = policy.kind();
-            if !dialect.supports_health_check(&kind) {
-                let field = match kind {
-                    CheckKind::Grpc(_) => "healthCheck.grpc",
-                    CheckKind::Http(_) => "healthCheck.http",
-                };
-                return Err(policy_error(PolicyError::new(
-                    field,
-                    "this kind of health check needs another client (gRPC checks: mesh-tonic's channel)",
-                )));
+impl<B: RequestBody, D: Dialect> DestinationSource for Dest<B, D> {
+    fn snapshot(&self) -> DestinationSnapshot {
+        let endpoints = self.endpoints();
+        let routing = self.routing.load();
+        let mut limits = LimitCounts::default();
+        let mut breaker = None;
+        let mut discovery = None;
+        for b in routing.backends() {
+            let c = b.limit.counts();
+            limits.shed += c.shed;
+            limits.rate_limited += c.rate_limited;
+            limits.queued += c.queued;
+            if breaker.is_none() {
+                breaker = b.breaker.as_ref().map(|l| l.state());
             }
-            let (targets, dialect) = (targets.clone(), dialect.clone());
-            subscription = health_checked(
-                name.clone(),
-                subscription,
-                policy.clone(),
-                move |ep: &mesh_core::Endpoint| dialect.health_probe(&kind, &targets.target(ep)),
-            );
+            if discovery.is_none() {
+                discovery = Some(b.feed.discovery.snapshot());
+            }
         }
-        let endpoint_dialect = dialect.clone();
-        let balancer = Balancer::with_classifier(
-            name.clone(),
-            subscription,
-            config.balance,
-            move |ep: &mesh_core::Endpoint| {
-                HttpEndpoint::new(&targets.target(ep), endpoint_dialect.clone())
+        let discovery = discovery.unwrap_or_default();
+        let (requests, latency) = match &self.metrics {
+            Some(m) => (m.statuses(), m.latency()),
+            None => (Vec::new(), RequestMetrics::default().latency()),
+        };
+        let share = self.retry_share.load();
+        DestinationSnapshot {
+            service: self.name.clone(),
+            requests,
+            latency,
+            in_flight: endpoints.iter().map(|e| e.in_flight).sum(),
+            retries: share.1.stats(),
+            retry_budget: share.1.budget_available(),
+            limits,
+            breaker,
+            endpoints,
+            discovery: DiscoverySnapshot {
+                version: discovery.version,
+                errors: discovery.errors,
+                last_error: discovery.last_error.map(|e| e.to_string()),
             },
-            dialect.clone(),
-        );
-        let limit = LimitLayer::new(name.clone(), &config.limits)
-            .map_err(policy_error)?
-            .layer(balancer.clone());
-        let breaker_layer = match &config.breaker {
-            Some(p) => {
-                Some(BreakerLayer::new(name.clone(), p, dialect.clone()).map_err(policy_error)?)
-            }
-            None => None,
-        };
-        let breaker = match &breaker_layer {
-            Some(l) => l.layer(limit.clone()),
-            None => Breaker::disabled(limit.clone()),
-        };
-        let retry = RetryLayer::new(name.clone(), config.retries, dialect).map_err(policy_error)?;
-        let stack = TimeoutLayer::new(name.clone(), config.timeout).layer(retry.layer(breaker));
-        let metrics = has_telemetry.then(|| Arc::new(RequestMetrics::default()));
-        Ok(Dest {
-            name,
-            stack,
-            balancer,
-            retry,
-            limit,
-            breaker: breaker_layer,
-            discovery,
-            metrics,
-            trace_context,
-            dialect: self_dialect,
-            on_demand,
-            used: AtomicBool::new(true),
-            idle_sweeps: AtomicU8::new(0),
-        })
-    }
-}
-
-/// What every endpoint of one destination is reached with.
-pub(super) struct Targets {
-    service: ServiceName,
-    protocol: Protocol,
-    tls_policy: ClientTlsPolicy,
-    settings: ClientSettings,
-}
-
-impl Targets {
-    fn target(&self, endpoint: &mesh_core::Endpoint) -> EndpointTarget {
-        EndpointTarget {
-            service: self.service.clone(),
-            endpoint: endpoint.clone(),
-            protocol: self.protocol,
-            tls: tls_target(
-                &self.service,
-                endpoint,
-                self.protocol,
-                &self.tls_policy,
-                self.settings.tls.as_ref(),
-            )
-            .map(Arc::new),
-            settings: self.settings.clone(),
         }
     }
-}
-
-/// Decides whether an endpoint is reached over mTLS, and with which expected identity.
-fn tls_target(
-    service: &ServiceName,
-    endpoint: &mesh_core::Endpoint,
-    protocol: Protocol,
-    policy: &ClientTlsPolicy,
-    store: Option<&TlsStore>,
-) -> Option<TlsTarget> {
-    let store = store?;
-    let expected = endpoint
-        .identity
-        .clone()
-        .or_else(|| policy.identity.clone());
-    let mutual = match policy.mode {
-        ClientTlsMode::Disable => false,
-        ClientTlsMode::Mutual => true,
-        ClientTlsMode::Auto => expected.is_some(),
-    };
-    if !mutual {
-        return None;
-    }
-    let alpn: &[&[u8]] = match protocol {
-        Protocol::Http2 => &[mesh_core::tls::ALPN_H2],
-        Protocol::Http1 => &[mesh_core::tls::ALPN_HTTP11],
-    };
-    let connector = match store.client_config(expected.clone(), alpn) {
-        Ok(config) => Ok(tokio_rustls::TlsConnector::from(config)),
-        Err(e) => {
-            // `TlsStore` checked when it loaded that its configurations build, so this is not
-            // expected. Connecting in plaintext instead would be wrong: the endpoint's
-            // connections fail with the reason.
-            tracing::error!(%service, endpoint = %endpoint.addr, error = %e, "cannot build TLS client configuration");
-            Err(Arc::from(e.to_string()))
-        }
-    };
-    // The verifier checks the SPIFFE ID, not names; the service host is sent as SNI when it is
-    // a DNS name (a server may route on it), otherwise the endpoint's IP.
-    let server_name = ServerName::try_from(service.host().to_owned())
-        .unwrap_or_else(|_| ServerName::IpAddress(endpoint.addr.ip().into()));
-    tracing::debug!(%service, endpoint = %endpoint.addr, expected = ?expected, "endpoint uses mTLS");
-    Some(TlsTarget {
-        connector,
-        server_name,
-        store: store.clone(),
-    })
 }

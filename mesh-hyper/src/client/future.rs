@@ -11,20 +11,15 @@ use std::{
 
 use http::Response;
 use hyper::body::Incoming;
-use mesh_core::{
-    breaker::Breaker,
-    limit::Limit,
-    telemetry::{ErrorKind, PendingStatus, RequestMetrics, StatusKey},
-    timeout,
-};
+use mesh_core::telemetry::{ErrorKind, PendingStatus, RequestMetrics, StatusKey};
 use pin_project_lite::pin_project;
 
-use super::{Dialect, RequestBody, destination::Balanced};
+use super::{Dialect, RequestBody, router::RouteFuture};
 use crate::Error;
 
-type StackFuture<B, D> = timeout::ResponseFuture<
-    mesh_core::retry::ResponseFuture<Breaker<Limit<Balanced<B, D>>, D>, B, D>,
->;
+/// The destination's stack behind one boxed type (see `router`): a layer is added there, not
+/// in a hand-written type.
+type StackFuture = RouteFuture;
 
 pin_project! {
     /// Response future of [`MeshClient`](super::MeshClient).
@@ -38,11 +33,11 @@ pin_project! {
     #[project = StateProj]
     enum State<B: RequestBody, D: Dialect> {
         Routed {
-            #[pin] fut: StackFuture<B, D>,
+            #[pin] fut: StackFuture,
             span: Option<tracing::Span>,
             record: Option<Record<D>>,
         },
-        Failed { error: Option<Error> },
+        Failed { error: Option<Error>, _body: std::marker::PhantomData<fn() -> B> },
     }
 }
 
@@ -92,7 +87,7 @@ impl<D: Dialect> Drop for Record<D> {
 
 impl<B: RequestBody, D: Dialect> ResponseFuture<B, D> {
     pub(super) fn routed(
-        fut: StackFuture<B, D>,
+        fut: StackFuture,
         span: Option<tracing::Span>,
         record: Option<Record<D>>,
     ) -> Self {
@@ -103,7 +98,10 @@ impl<B: RequestBody, D: Dialect> ResponseFuture<B, D> {
 
     pub(super) fn failed(error: Error) -> Self {
         Self {
-            state: State::Failed { error: Some(error) },
+            state: State::Failed {
+                error: Some(error),
+                _body: std::marker::PhantomData,
+            },
         }
     }
 }
@@ -127,7 +125,7 @@ impl<B: RequestBody, D: Dialect> Future for ResponseFuture<B, D> {
                 }
                 Poll::Ready(result)
             }
-            StateProj::Failed { error } => {
+            StateProj::Failed { error, .. } => {
                 Poll::Ready(Err(error.take().expect("polled after completion")))
             }
         }

@@ -44,10 +44,14 @@
 //! # Ok(()) }
 //! ```
 
+mod backend;
+mod build;
 mod destination;
 mod dialect;
 mod endpoint;
 mod future;
+mod mirror;
+mod router;
 mod target;
 mod tls;
 
@@ -67,7 +71,6 @@ use hyper::body::Incoming;
 use mesh_core::{
     Mesh, ServiceName,
     balance::EndpointStats,
-    shared_service::SharedService,
     telemetry::{DestinationSnapshot, DestinationSource, Telemetry, Unroutable},
     tls::TlsStore,
     trace_context::TraceContext,
@@ -79,6 +82,7 @@ pub use self::{
     dialect::{Dialect, EndpointTarget},
     endpoint::{EndpointFuture, HttpEndpoint},
     future::ResponseFuture,
+    mirror::{MAX_MIRRORS_IN_FLIGHT, MIRROR_TIMEOUT, MirrorCounts},
     target::Target,
     tls::EndpointStream,
 };
@@ -103,6 +107,17 @@ impl<T> RequestBody for T where
         + Unpin
         + 'static
 {
+}
+
+/// One backend of a destination's routes: a service, or one of its subsets.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BackendStats {
+    /// The service.
+    pub service: ServiceName,
+    /// The subset (`None`: every endpoint of the service).
+    pub subset: Option<String>,
+    /// Its endpoints as its balancer sees them.
+    pub endpoints: Vec<EndpointStats>,
 }
 
 /// Connection settings of a [`MeshClient`], applied to every endpoint's pool.
@@ -176,6 +191,10 @@ struct Inner<B, D> {
     by_authority: ArcSwap<ByAuthority<B, D>>,
     /// Destinations by normalized name; also serializes creation.
     by_name: Mutex<HashMap<ServiceName, Arc<Dest<B, D>>>>,
+    /// Endpoint feeds by service, shared by the backends of that service.
+    feeds: Mutex<HashMap<ServiceName, std::sync::Weak<backend::Feed>>>,
+    /// Backends by (service, subset), shared by the routes of every destination.
+    backends: Mutex<build::Backends<B, D>>,
     /// Whether the task dropping idle on-demand destinations runs.
     sweeping: std::sync::atomic::AtomicBool,
 }
@@ -226,6 +245,8 @@ where
                 dialect,
                 by_authority: ArcSwap::from_pointee(HashMap::new()),
                 by_name: Mutex::new(HashMap::new()),
+                feeds: Mutex::new(HashMap::new()),
+                backends: Mutex::new(HashMap::new()),
                 sweeping: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -299,7 +320,7 @@ where
             endpoint = tracing::field::Empty, attempt = 1u32, trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty, parent_id = tracing::field::Empty);
         if span.is_disabled() {
-            return ResponseFuture::routed(dest.stack.call_shared(req), None, record);
+            return ResponseFuture::routed(dest.routing().route(req), None, record);
         }
         if let Some(trace) = trace {
             // The span id sent downstream: the next hop's `inbound` span names it as parent.
@@ -307,7 +328,7 @@ where
         }
         let fut = {
             let _enter = span.enter();
-            dest.stack.call_shared(req)
+            dest.routing().route(req)
         };
         ResponseFuture::routed(fut, Some(span), record)
     }
@@ -316,7 +337,37 @@ where
     /// client has sent to it.
     pub fn endpoints(&self, service: &ServiceName) -> Option<Vec<EndpointStats>> {
         let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        by_name.get(service).map(|d| d.balancer.endpoints())
+        by_name.get(service).map(|d| d.endpoints())
+    }
+
+    /// Mirror counters of a service (copies sent, failed, skipped), if the client has sent to it.
+    pub fn mirrors(&self, service: &ServiceName) -> Option<MirrorCounts> {
+        let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        by_name.get(service).map(|d| d.mirrors.counts())
+    }
+
+    /// The backends the routes of a service use now, with their endpoints (each subset is a
+    /// backend of its own), if the client has sent to it.
+    pub fn backends(&self, service: &ServiceName) -> Option<Vec<BackendStats>> {
+        let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let dest = by_name.get(service)?.clone();
+        drop(by_name);
+        let routing = dest.routing();
+        let mut out: Vec<BackendStats> = Vec::new();
+        for b in routing.backends() {
+            if out
+                .iter()
+                .any(|o| o.service == b.service && o.subset.as_deref() == b.subset.as_deref())
+            {
+                continue;
+            }
+            out.push(BackendStats {
+                service: b.service.clone(),
+                subset: b.subset.as_deref().map(str::to_owned),
+                endpoints: b.balancer.endpoints(),
+            });
+        }
+        Some(out)
     }
 
     /// Counters and endpoint states of a service, if the client has sent to it.
@@ -333,11 +384,13 @@ where
         let dest = match by_name.get(&name) {
             Some(d) => d.clone(),
             None => {
-                let dest = Arc::new(Dest::build(
-                    self.inner.mesh.resolve_name(name.clone())?,
-                    &self.inner.settings,
-                    &self.inner.dialect,
-                )?);
+                let resolved = self.inner.mesh.resolve_name(name.clone())?;
+                let dest = Dest::new(
+                    &self.inner,
+                    resolved.name,
+                    resolved.config,
+                    resolved.on_demand,
+                )?;
                 if let Some(t) = &self.inner.settings.telemetry {
                     let weak: std::sync::Weak<dyn DestinationSource> =
                         Arc::downgrade(&dest) as std::sync::Weak<Dest<B, D>>;
@@ -416,7 +469,7 @@ impl<B: RequestBody, D: Dialect> Inner<B, D> {
             // new authority and routing it); requests already routed hold the stack, not the
             // destination, and show as in flight until their response head.
             let held = Arc::strong_count(dest) > refs.get(&Arc::as_ptr(dest)).copied().unwrap_or(1);
-            if held || dest.balancer.in_flight() > 0 {
+            if held || dest.in_flight() > 0 {
                 // Busy: the idle time starts when it no longer is.
                 dest.touch();
                 return true;

@@ -1,0 +1,725 @@
+//! VirtualService → [`RouteTable`].
+
+use http::HeaderName;
+
+use super::{
+    Ctx,
+    common::{check_export_to, duration, headers, opt_duration, percentage, port, string_match},
+};
+use crate::{
+    config::wire,
+    retry::{Backoff, RetryOn, RetryPolicy},
+    route::{
+        Abort, BackendRef, Distribution, FaultPolicy, HeaderMatcher, HttpRoute, MirrorPolicy,
+        Percentage, Re2, RequestMatch, Rewrite, RouteOverrides, RouteTable, UriRewrite,
+        WeightedBackend,
+    },
+};
+
+/// A validated VirtualService: the hosts it routes and their routes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VirtualService {
+    /// The hosts (expanded), in the order written.
+    pub hosts: Vec<String>,
+    /// Its namespace.
+    pub namespace: String,
+    /// `exportTo`.
+    pub export_to: Vec<String>,
+    /// The routes (the table's host is the first host).
+    pub table: RouteTable,
+}
+
+/// gRPC status names (Istio's `grpcStatus` takes the name) and their codes.
+pub(crate) const GRPC_CODES: [(&str, u16); 17] = [
+    ("OK", 0),
+    ("CANCELLED", 1),
+    ("UNKNOWN", 2),
+    ("INVALID_ARGUMENT", 3),
+    ("DEADLINE_EXCEEDED", 4),
+    ("NOT_FOUND", 5),
+    ("ALREADY_EXISTS", 6),
+    ("PERMISSION_DENIED", 7),
+    ("RESOURCE_EXHAUSTED", 8),
+    ("FAILED_PRECONDITION", 9),
+    ("ABORTED", 10),
+    ("OUT_OF_RANGE", 11),
+    ("UNIMPLEMENTED", 12),
+    ("INTERNAL", 13),
+    ("UNAVAILABLE", 14),
+    ("DATA_LOSS", 15),
+    ("UNAUTHENTICATED", 16),
+];
+
+/// Converts one VirtualService; `None` when it does not apply to this workload (bound only
+/// to gateways: skipped with a warning) or is invalid (errors recorded).
+pub(crate) fn convert(cx: &mut Ctx<'_>, spec: &wire::VirtualServiceSpec) -> Option<VirtualService> {
+    let before = cx.p.error_count();
+    if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
+        cx.p.warn(
+            "spec.gateways",
+            format!(
+                "bound to gateways {:?} only, not to \"mesh\": it does not apply in-process and is skipped",
+                spec.gateways
+            ),
+        );
+        return None;
+    }
+    if spec.hosts.is_empty() {
+        cx.p.error("spec.hosts", "at least one host is required");
+    }
+    let mut hosts: Vec<String> = Vec::new();
+    for (i, h) in spec.hosts.iter().enumerate() {
+        if h == "*" {
+            cx.p.error(
+                format!("spec.hosts[{i}]"),
+                "\"*\" is not allowed for the mesh (sidecars): name the hosts",
+            );
+            continue;
+        }
+        if h.contains('*') && !(h.starts_with("*.") && !h[1..].contains('*')) {
+            cx.p.error(
+                format!("spec.hosts[{i}]"),
+                "a wildcard must be the whole first label (*.example.com)",
+            );
+            continue;
+        }
+        let host = cx.naming.expand(h, cx.ns);
+        if hosts.contains(&host) {
+            cx.p.error(format!("spec.hosts[{i}]"), format!("duplicate host {host}"));
+            continue;
+        }
+        hosts.push(host);
+    }
+    check_export_to(&mut cx.p, "spec.exportTo", &spec.export_to);
+    if !spec.tcp.is_empty() {
+        cx.p.unimplemented("spec.tcp", "TCP routing");
+    }
+    if !spec.tls.is_empty() {
+        cx.p.unimplemented("spec.tls", "TLS (SNI) routing");
+    }
+    if spec.http.is_empty() && spec.tcp.is_empty() && spec.tls.is_empty() {
+        cx.p.error(
+            "spec.http",
+            "a VirtualService needs at least one http route",
+        );
+    }
+    let mut routes = Vec::new();
+    let mut catch_all: Option<String> = None;
+    for (i, r) in spec.http.iter().enumerate() {
+        let at = format!("spec.http[{i}]");
+        if let Some(prev) = &catch_all {
+            cx.p.warn(
+                &at,
+                format!("unreachable: {prev} before it matches every request (Istio IST0130)"),
+            );
+        }
+        if let Some(route) = http_route(cx, &at, r) {
+            if route.matches.is_empty() && catch_all.is_none() {
+                catch_all = Some(route.id.clone());
+            }
+            routes.push(route);
+        }
+    }
+    if cx.p.error_count() > before {
+        return None;
+    }
+    Some(VirtualService {
+        table: RouteTable {
+            host: hosts.first().cloned().unwrap_or_default(),
+            source: Some(cx.document.to_owned()),
+            routes,
+        },
+        hosts,
+        namespace: cx.ns.to_owned(),
+        export_to: spec.export_to.clone(),
+    })
+}
+
+fn http_route(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRoute) -> Option<HttpRoute> {
+    let mut matches = Vec::new();
+    let mut dropped = 0;
+    for (k, m) in r.r#match.iter().enumerate() {
+        match request_match(cx, &format!("{at}.match[{k}]"), m) {
+            Some(Some(m)) => matches.push(m),
+            Some(None) => dropped += 1,
+            None => {}
+        }
+    }
+    if dropped > 0 && matches.is_empty() && dropped == r.r#match.len() {
+        cx.p.warn(
+            format!("{at}.match"),
+            "no match block applies to this workload (gateways / sourceLabels / sourceNamespace): the route never matches",
+        );
+        return None;
+    }
+    for (field, set) in [
+        ("redirect", r.redirect.is_some()),
+        ("directResponse", r.direct_response.is_some()),
+        ("delegate", r.delegate.is_some()),
+        ("corsPolicy", r.cors_policy.is_some()),
+    ] {
+        if set {
+            cx.p.unimplemented(format!("{at}.{field}"), field);
+        }
+    }
+    if r.route.is_empty() {
+        if r.redirect.is_none() && r.direct_response.is_none() && r.delegate.is_none() {
+            cx.p.error(
+                format!("{at}.route"),
+                "a route needs at least one destination",
+            );
+        }
+        return None;
+    }
+    let mut backends = Vec::new();
+    for (k, d) in r.route.iter().enumerate() {
+        let f = format!("{at}.route[{k}]");
+        let Some(backend) = destination(cx, &format!("{f}.destination"), &d.destination) else {
+            continue;
+        };
+        let weight = match d.weight {
+            None => 0,
+            Some(w) if w < 0 => {
+                cx.p.error(
+                    format!("{f}.weight"),
+                    format!("{w}: weights must not be negative"),
+                );
+                continue;
+            }
+            Some(w) => w as u32,
+        };
+        backends.push(WeightedBackend {
+            backend,
+            weight,
+            headers: headers(&mut cx.p, &format!("{f}.headers"), &d.headers),
+        });
+    }
+    if backends.len() != r.route.len() {
+        return None;
+    }
+    let Some(backends) = Distribution::weighted(backends) else {
+        cx.p.error(
+            format!("{at}.route"),
+            "total destination weight is 0: with several destinations, at least one needs a weight",
+        );
+        return None;
+    };
+    let timeout = opt_duration(&mut cx.p, &format!("{at}.timeout"), &r.timeout);
+    let retries = r
+        .retries
+        .as_ref()
+        .and_then(|rt| retry(cx, &format!("{at}.retries"), rt));
+    let fault = r
+        .fault
+        .as_ref()
+        .and_then(|f| fault(cx, &format!("{at}.fault"), f));
+    let mirrors = mirrors(cx, at, r);
+    let rewrite = r
+        .rewrite
+        .as_ref()
+        .and_then(|rw| rewrite(cx, &format!("{at}.rewrite"), rw));
+    let headers = headers(&mut cx.p, &format!("{at}.headers"), &r.headers);
+    Some(HttpRoute {
+        id: at.to_owned(),
+        name: r.name.clone(),
+        matches,
+        backends,
+        overrides: RouteOverrides {
+            timeout,
+            retries: retries.or_else(|| {
+                // `retries` with attempts 0 disables them; absent keeps the destination's.
+                r.retries.as_ref().map(|_| RetryPolicy::disabled())
+            }),
+        },
+        fault,
+        mirrors,
+        headers,
+        rewrite,
+    })
+}
+
+/// `Some(Some(m))`: a match block; `Some(None)`: one that does not apply to this workload;
+/// `None`: invalid (errors recorded).
+fn request_match(
+    cx: &mut Ctx<'_>,
+    at: &str,
+    m: &wire::HttpMatchRequest,
+) -> Option<Option<RequestMatch>> {
+    let before = cx.p.error_count();
+    let mut out = RequestMatch {
+        name: m.name.clone(),
+        ignore_uri_case: m.ignore_uri_case.unwrap_or(false),
+        ..RequestMatch::default()
+    };
+    let one = |cx: &mut Ctx<'_>, field: &str, sm: &Option<wire::StringMatch>, empty_ok: bool| {
+        let sm = sm.as_ref()?;
+        let r = string_match(&mut cx.p, &format!("{at}.{field}"), sm, empty_ok);
+        if r.is_none() && sm.exact.is_none() && sm.prefix.is_none() && sm.regex.is_none() {
+            cx.p.error(
+                format!("{at}.{field}"),
+                "needs one of exact, prefix or regex",
+            );
+        }
+        r
+    };
+    out.uri = one(cx, "uri", &m.uri, true);
+    out.scheme = one(cx, "scheme", &m.scheme, false);
+    out.method = one(cx, "method", &m.method, false);
+    out.authority = one(cx, "authority", &m.authority, false);
+    for (what, src, dst) in [
+        ("headers", &m.headers, &mut out.headers),
+        (
+            "withoutHeaders",
+            &m.without_headers,
+            &mut out.without_headers,
+        ),
+    ] {
+        for (name, sm) in src {
+            let f = format!("{at}.{what}[{name:?}]");
+            let lower = name.to_ascii_lowercase();
+            if matches!(lower.as_str(), "uri" | "scheme" | "method" | "authority") {
+                cx.p.warn(
+                    &f,
+                    format!("Istio ignores {name:?} under {what}: use the match's own field"),
+                );
+                continue;
+            }
+            let Ok(header) = HeaderName::from_bytes(lower.as_bytes()) else {
+                cx.p.error(&f, format!("{name:?} is not a valid header name"));
+                continue;
+            };
+            let matcher = match string_match(&mut cx.p, &f, sm, false) {
+                Some(v) => HeaderMatcher::Value(v),
+                None if sm.exact.is_none() && sm.prefix.is_none() && sm.regex.is_none() => {
+                    HeaderMatcher::Present
+                }
+                None => continue,
+            };
+            dst.push((header, matcher));
+        }
+    }
+    for (key, sm) in &m.query_params {
+        let f = format!("{at}.queryParams[{key:?}]");
+        if sm.prefix.is_some() {
+            cx.p.error(
+                &f,
+                "prefix is not supported for query parameters (Istio: exact or regex)",
+            );
+            continue;
+        }
+        match string_match(&mut cx.p, &f, sm, false) {
+            Some(v) => out.query_params.push((key.clone(), v)),
+            None if sm.exact.is_none() && sm.regex.is_none() => {
+                cx.p.error(&f, "needs exact or regex (exact: \"\" matches ?key)");
+            }
+            None => {}
+        }
+    }
+    if let Some(n) = m.port {
+        out.port = port(&mut cx.p, &format!("{at}.port"), n);
+    }
+    if m.stat_prefix.is_some() {
+        cx.p.unimplemented(format!("{at}.statPrefix"), "statPrefix");
+    }
+    if cx.p.error_count() > before {
+        return None;
+    }
+    // Selectors, not runtime conditions: decided once, for this workload.
+    if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
+        return Some(None);
+    }
+    if !m.source_labels.is_empty()
+        && !m
+            .source_labels
+            .iter()
+            .all(|(k, v)| cx.workload.labels.get(k) == Some(v))
+    {
+        return Some(None);
+    }
+    if m.source_namespace
+        .as_ref()
+        .is_some_and(|ns| *ns != cx.naming.namespace)
+    {
+        return Some(None);
+    }
+    Some(Some(out))
+}
+
+pub(crate) fn destination(
+    cx: &mut Ctx<'_>,
+    at: &str,
+    d: &Option<wire::Destination>,
+) -> Option<BackendRef> {
+    let Some(d) = d else {
+        cx.p.error(at, "destination is required");
+        return None;
+    };
+    let Some(host) = d.host.as_deref().filter(|h| !h.is_empty()) else {
+        cx.p.error(format!("{at}.host"), "host is required");
+        return None;
+    };
+    if host.contains('*') {
+        cx.p.error(
+            format!("{at}.host"),
+            "a destination host cannot be a wildcard",
+        );
+        return None;
+    }
+    let port = match d.port.as_ref().and_then(|p| p.number) {
+        Some(n) => Some(port(&mut cx.p, &format!("{at}.port.number"), n)?),
+        None => None,
+    };
+    if let Some(s) = &d.subset {
+        if !is_dns_label(s) {
+            cx.p.error(
+                format!("{at}.subset"),
+                format!("{s:?} is not a valid subset name (a DNS label)"),
+            );
+            return None;
+        }
+    }
+    Some(BackendRef::new(
+        &cx.naming.expand(host, cx.ns),
+        port,
+        d.subset.as_deref(),
+    ))
+}
+
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn retry(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRetry) -> Option<RetryPolicy> {
+    let attempts = r.attempts.unwrap_or(0);
+    if attempts < 0 {
+        cx.p.error(format!("{at}.attempts"), "must not be negative");
+        return None;
+    }
+    if attempts == 0 {
+        if r.per_try_timeout.is_some()
+            || r.retry_on.is_some()
+            || r.retry_remote_localities.is_some()
+        {
+            cx.p.error(
+                at,
+                "http retry policy configured when attempts are set to 0 (disabled): set attempts, or remove the other fields",
+            );
+        }
+        return None;
+    }
+    if attempts > 10 {
+        cx.p.error(
+            format!("{at}.attempts"),
+            format!("{attempts}: mesh allows at most 10 retries (stricter than Istio: every retry is a request the destination must absorb)"),
+        );
+        return None;
+    }
+    if r.retry_remote_localities == Some(true) {
+        cx.p.unimplemented(
+            format!("{at}.retryRemoteLocalities"),
+            "retryRemoteLocalities",
+        );
+    }
+    if r.retry_ignore_previous_hosts == Some(false) {
+        cx.p.unimplemented(
+            format!("{at}.retryIgnorePreviousHosts"),
+            "retryIgnorePreviousHosts: false (mesh always retries on another endpoint when there is one)",
+        );
+    }
+    let mut policy = RetryPolicy {
+        attempts: attempts as u32,
+        ..RetryPolicy::default()
+    };
+    policy.per_try_timeout = opt_duration(
+        &mut cx.p,
+        &format!("{at}.perTryTimeout"),
+        &r.per_try_timeout,
+    );
+    if let Some(b) = &r.backoff {
+        if let Some(base) = duration(&mut cx.p, &format!("{at}.backoff"), b) {
+            // Envoy: the maximum interval is 10 times the base.
+            policy.backoff = Backoff {
+                base,
+                max: base * 10,
+                ..Backoff::default()
+            };
+        }
+    }
+    if let Some(on) = &r.retry_on {
+        policy.retry_on = retry_on(cx, &format!("{at}.retryOn"), on)?;
+    }
+    Some(policy)
+}
+
+/// Istio's `retryOn` (Envoy's `x-envoy-retry-on` and `x-envoy-retry-grpc-on` tokens, and bare
+/// status codes) as mesh's [`RetryOn`].
+fn retry_on(cx: &mut Ctx<'_>, at: &str, text: &str) -> Option<RetryOn> {
+    let mut on = RetryOn {
+        statuses: Vec::new(),
+        grpc_statuses: Vec::new(),
+        connect_failure: false,
+        refused_stream: false,
+        per_try_timeout: false,
+    };
+    let mut ok = true;
+    // Istio's validation splits on ',' without trimming ("5xx, reset" is rejected); its
+    // translation trims. mesh trims, and says so in the docs.
+    for token in text.split(',').map(str::trim) {
+        let mut add = |s: std::ops::RangeInclusive<u16>| on.statuses.extend(s);
+        match token {
+            "5xx" => {
+                add(500..=599);
+                on.connect_failure = true;
+                on.refused_stream = true;
+                on.per_try_timeout = true;
+            }
+            "gateway-error" => {
+                add(502..=504);
+                on.per_try_timeout = true;
+            }
+            "retriable-4xx" => add(409..=409),
+            "connect-failure" => on.connect_failure = true,
+            "refused-stream" => on.refused_stream = true,
+            "reset-before-request" => {
+                on.connect_failure = true;
+                on.refused_stream = true;
+            }
+            // The statuses come as bare codes in the same list.
+            "retriable-status-codes" => {}
+            "cancelled" => on.grpc_statuses.push(1),
+            "deadline-exceeded" => on.grpc_statuses.push(4),
+            "internal" => on.grpc_statuses.push(13),
+            "resource-exhausted" => on.grpc_statuses.push(8),
+            "unavailable" => on.grpc_statuses.push(14),
+            "reset" | "retriable-headers" | "envoy-ratelimited" | "http3-post-connect-failure" => {
+                cx.p.unimplemented(at, &format!("retryOn token {token:?}"));
+            }
+            "" => {
+                cx.p.error(at, format!("{text:?} has an empty entry"));
+                ok = false;
+            }
+            other => match other.parse::<u16>() {
+                Ok(code) if (100..=599).contains(&code) => on.statuses.push(code),
+                _ => {
+                    cx.p.error(
+                        at,
+                        format!(
+                            "{other:?} is not a retry condition: use 5xx, gateway-error, connect-failure, refused-stream, reset-before-request, retriable-4xx, retriable-status-codes, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, or an HTTP status"
+                        ),
+                    );
+                    ok = false;
+                }
+            },
+        }
+    }
+    on.statuses.sort_unstable();
+    on.statuses.dedup();
+    on.grpc_statuses.sort_unstable();
+    on.grpc_statuses.dedup();
+    ok.then_some(on)
+}
+
+fn fault(cx: &mut Ctx<'_>, at: &str, f: &wire::HttpFaultInjection) -> Option<FaultPolicy> {
+    if f.delay.is_none() && f.abort.is_none() {
+        cx.p.error(at, "a fault needs a delay or an abort");
+        return None;
+    }
+    let mut out = FaultPolicy::default();
+    if let Some(d) = &f.delay {
+        let da = format!("{at}.delay");
+        if d.exponential_delay.is_some() {
+            cx.p.error(
+                format!("{da}.exponentialDelay"),
+                "exponentialDelay is not supported (Istio rejects it too)",
+            );
+        }
+        let pct = percentage(
+            &mut cx.p,
+            &format!("{da}.percentage"),
+            &d.percentage,
+            Some((&format!("{da}.percent"), d.percent.map(i64::from))),
+            Percentage::NONE,
+        );
+        match &d.fixed_delay {
+            Some(t) => {
+                if let Some(delay) = duration(&mut cx.p, &format!("{da}.fixedDelay"), t) {
+                    out.delay = Some((delay, pct));
+                }
+            }
+            None if d.exponential_delay.is_none() => {
+                cx.p.error(format!("{da}.fixedDelay"), "a delay needs fixedDelay");
+            }
+            None => {}
+        }
+    }
+    if let Some(a) = &f.abort {
+        let aa = format!("{at}.abort");
+        if a.percent.is_some() {
+            cx.p.warn(format!("{aa}.percent"), "deprecated: use percentage.value");
+        }
+        let pct = percentage(
+            &mut cx.p,
+            &format!("{aa}.percentage"),
+            &a.percentage,
+            Some((&format!("{aa}.percent"), a.percent.map(i64::from))),
+            Percentage::NONE,
+        );
+        let kinds = [
+            a.http_status.is_some(),
+            a.grpc_status.is_some(),
+            a.http2_error.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if kinds > 1 {
+            cx.p.error(&aa, "only one of httpStatus, grpcStatus or http2Error");
+        } else if let Some(s) = a.http_status {
+            if (200..=599).contains(&s) {
+                out.abort = Some((Abort::Http(s as u16), pct));
+            } else {
+                cx.p.error(
+                    format!("{aa}.httpStatus"),
+                    format!("{s} is not an HTTP status (200 to 599)"),
+                );
+            }
+        } else if let Some(name) = &a.grpc_status {
+            match GRPC_CODES.iter().find(|(n, _)| n == name) {
+                Some((_, 0)) | None => cx.p.error(
+                    format!("{aa}.grpcStatus"),
+                    format!("{name:?} is not a gRPC status name other than OK (e.g. UNAVAILABLE)"),
+                ),
+                Some((_, code)) => out.abort = Some((Abort::Grpc(*code), pct)),
+            }
+        } else if a.http2_error.is_some() {
+            cx.p.error(
+                format!("{aa}.http2Error"),
+                "http2Error is not supported (Istio rejects it too)",
+            );
+        } else {
+            cx.p.warn(
+                &aa,
+                "an abort without httpStatus or grpcStatus does nothing",
+            );
+        }
+    }
+    Some(out)
+}
+
+fn mirrors(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRoute) -> Vec<MirrorPolicy> {
+    let mut out = Vec::new();
+    if r.mirror.is_some() && !r.mirrors.is_empty() {
+        cx.p.error(
+            format!("{at}.mirrors"),
+            "mirror and mirrors cannot both be set",
+        );
+        return out;
+    }
+    let deprecated = r.mirror_percent.or(r.mirror_percent_snake);
+    if deprecated.is_some() {
+        cx.p.warn(
+            format!("{at}.mirrorPercent"),
+            "mirrorPercent is deprecated: use mirrorPercentage",
+        );
+    }
+    if let Some(m) = &r.mirror {
+        if let Some(backend) = destination(cx, &format!("{at}.mirror"), &Some(m.clone())) {
+            let percentage = percentage(
+                &mut cx.p,
+                &format!("{at}.mirrorPercentage"),
+                &r.mirror_percentage,
+                Some((&format!("{at}.mirrorPercent"), deprecated.map(i64::from))),
+                Percentage::ALL,
+            );
+            out.push(MirrorPolicy {
+                backend,
+                percentage,
+            });
+        }
+    }
+    for (i, m) in r.mirrors.iter().enumerate() {
+        let f = format!("{at}.mirrors[{i}]");
+        if let Some(backend) = destination(cx, &format!("{f}.destination"), &m.destination) {
+            let percentage = percentage(
+                &mut cx.p,
+                &format!("{f}.percentage"),
+                &m.percentage,
+                None,
+                Percentage::ALL,
+            );
+            out.push(MirrorPolicy {
+                backend,
+                percentage,
+            });
+        }
+    }
+    out
+}
+
+fn rewrite(cx: &mut Ctx<'_>, at: &str, rw: &wire::HttpRewrite) -> Option<Rewrite> {
+    if rw.uri.is_some() && rw.uri_regex_rewrite.is_some() {
+        cx.p.error(at, "uri and uriRegexRewrite cannot both be set");
+        return None;
+    }
+    let uri = if let Some(u) = &rw.uri {
+        Some(UriRewrite::Prefix(u.clone()))
+    } else if let Some(rr) = &rw.uri_regex_rewrite {
+        let f = format!("{at}.uriRegexRewrite");
+        let (Some(m), Some(with)) = (&rr.r#match, &rr.rewrite) else {
+            cx.p.error(&f, "needs both match and rewrite");
+            return None;
+        };
+        match Re2::new(m) {
+            // Envoy (RE2) writes groups as \1; Rust's regex as ${1}.
+            Ok(pattern) => Some(UriRewrite::Regex {
+                pattern,
+                with: backslash_groups(with),
+            }),
+            Err(e) => {
+                cx.p.error(format!("{f}.match"), e);
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(a) = &rw.authority {
+        if a.is_empty() || http::uri::Authority::try_from(a.as_str()).is_err() {
+            cx.p.error(
+                format!("{at}.authority"),
+                format!("{a:?} is not a valid authority"),
+            );
+            return None;
+        }
+    }
+    Some(Rewrite {
+        uri,
+        authority: rw.authority.clone(),
+    })
+}
+
+/// `\1` → `${1}`.
+fn backslash_groups(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' && chars.peek().is_some_and(char::is_ascii_digit) {
+            let mut n = String::new();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                n.push(*d);
+                chars.next();
+            }
+            out.push_str(&format!("${{{n}}}"));
+        } else if c == '$' {
+            out.push_str("$$");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

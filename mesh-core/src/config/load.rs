@@ -1,0 +1,287 @@
+//! Reading documents: files and directories, `---`-separated YAML streams and JSON, into
+//! typed specs with the file, document and field path of every problem.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{
+    ConfigError, Workload,
+    convert::{self, Ctx},
+    error::Problems,
+    set::{Converted, ConvertedDoc},
+    wire,
+};
+
+/// The API versions mesh reads: Istio's served ones.
+const NETWORKING: [&str; 3] = [
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
+const SECURITY: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
+
+/// Istio kinds that exist but that mesh does not implement.
+const UNIMPLEMENTED_KINDS: [&str; 9] = [
+    "Sidecar",
+    "EnvoyFilter",
+    "WorkloadEntry",
+    "WorkloadGroup",
+    "RequestAuthentication",
+    "ProxyConfig",
+    "Telemetry",
+    "WasmPlugin",
+    "TrafficExtension",
+];
+
+/// The files of `paths`: a file as given; a directory's `*.yaml`, `*.yml` and `*.json` files
+/// (not its subdirectories, nor hidden entries such as a ConfigMap's `..data`), by name.
+pub(crate) fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| ConfigError::error(path, "", "", format!("cannot read: {e}")))?;
+        if !meta.is_dir() {
+            out.push(path.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| ConfigError::error(path, "", "", format!("cannot list: {e}")))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                !name.starts_with('.')
+                    && p.is_file()
+                    && p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            })
+            .collect();
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// Converts the documents of one file's `text`, appending problems to `problems`.
+pub(crate) fn convert_text(
+    file: &Path,
+    text: &str,
+    workload: &Workload,
+    lenient: bool,
+    problems: &mut Vec<ConfigError>,
+    out: &mut Converted,
+) {
+    let fail = |problems: &mut Vec<ConfigError>, reason: String| {
+        problems.push(ConfigError::error(file, "", "", reason));
+    };
+    if text.len() > crate::yaml::MAX_FILE_BYTES {
+        return fail(
+            problems,
+            format!(
+                "{} bytes is over the limit of {} bytes",
+                text.len(),
+                crate::yaml::MAX_FILE_BYTES
+            ),
+        );
+    }
+    if crate::yaml::is_blank(text) {
+        return fail(
+            problems,
+            "the file is empty (no content but whitespace and comments): a half-written file is never applied; remove it if it is meant to be empty".into(),
+        );
+    }
+    let json = file.extension().is_some_and(|e| e == "json");
+    let values: Vec<Value> = if json {
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => vec![v],
+            Err(e) => return fail(problems, format!("invalid JSON: {e}")),
+        }
+    } else {
+        match serde_saphyr::from_multiple_with_options::<Value>(text, crate::yaml::options()) {
+            Ok(v) => v,
+            Err(e) => return fail(problems, format!("invalid YAML: {e}")),
+        }
+    };
+    let mut index = 0usize;
+    for v in values {
+        // `kubectl get -o yaml` writes a `List` of items.
+        let items = match &v {
+            Value::Object(m) if m.get("kind").and_then(Value::as_str) == Some("List") => m
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            Value::Null => Vec::new(),
+            _ => vec![v],
+        };
+        for item in items {
+            index += 1;
+            document(file, index, item, workload, lenient, problems, out);
+        }
+    }
+    if index == 0 {
+        fail(problems, "the file holds no document".into());
+    }
+}
+
+fn document(
+    file: &Path,
+    index: usize,
+    v: Value,
+    workload: &Workload,
+    lenient: bool,
+    problems: &mut Vec<ConfigError>,
+    out: &mut Converted,
+) {
+    let unnamed = format!("document {index}");
+    let Value::Object(mut map) = v else {
+        problems.push(ConfigError::error(
+            file,
+            unnamed,
+            "",
+            "a document must be a mapping with apiVersion, kind, metadata and spec",
+        ));
+        return;
+    };
+    let spec = map.remove("spec");
+    map.remove("status");
+    for key in map.keys() {
+        if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+            problems.push(ConfigError::error(file, &unnamed, key.as_str(), format!("unknown field `{key}` (a document has apiVersion, kind, metadata, spec, status)")));
+        }
+    }
+    let header: wire::DocumentHeader = match decode(Value::Object(map), "") {
+        Ok(h) => h,
+        Err((field, reason)) => {
+            problems.push(ConfigError::error(file, unnamed, field, reason));
+            return;
+        }
+    };
+    let ns = header
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| workload.naming.namespace.clone());
+    let name = header.metadata.name.clone().unwrap_or_default();
+    let document = format!("{} {ns}/{name}", header.kind);
+    if name.is_empty() {
+        problems.push(ConfigError::error(
+            file,
+            &document,
+            "metadata.name",
+            "a document needs a name",
+        ));
+        return;
+    }
+    let kind = header.kind.as_str();
+    let versions: &[&str] = match kind {
+        "VirtualService" | "DestinationRule" | "ServiceEntry" | "Gateway" => &NETWORKING,
+        "AuthorizationPolicy" | "PeerAuthentication" => &SECURITY,
+        k if UNIMPLEMENTED_KINDS.contains(&k) => {
+            let mut p = Problems {
+                file,
+                document: &document,
+                lenient,
+                out: problems,
+            };
+            p.unimplemented("kind", &format!("kind {k}"));
+            return;
+        }
+        other => {
+            problems.push(ConfigError::error(
+                file,
+                &document,
+                "kind",
+                format!("{other:?} is not a kind mesh reads (VirtualService, DestinationRule, ServiceEntry, AuthorizationPolicy, PeerAuthentication; Gateway is skipped)"),
+            ));
+            return;
+        }
+    };
+    if !versions.contains(&header.api_version.as_str()) {
+        problems.push(ConfigError::error(
+            file,
+            &document,
+            "apiVersion",
+            format!(
+                "{:?} is not an apiVersion of {kind} (one of {})",
+                header.api_version,
+                versions.join(", ")
+            ),
+        ));
+        return;
+    }
+    if kind == "Gateway" {
+        problems.push(
+            ConfigError::error(
+                file,
+                &document,
+                "",
+                "a Gateway configures ingress proxies, not in-process clients: skipped",
+            )
+            .warning(),
+        );
+        return;
+    }
+    let spec = spec.unwrap_or(Value::Object(Default::default()));
+    let mut cx = Ctx {
+        naming: &workload.naming,
+        workload,
+        ns: &ns,
+        document: &document,
+        p: Problems {
+            file,
+            document: &document,
+            lenient,
+            out: problems,
+        },
+    };
+    let converted =
+        match kind {
+            "VirtualService" => typed(&mut cx, spec, convert::virtual_service::convert)
+                .map(ConvertedDoc::VirtualService),
+            "DestinationRule" => typed(&mut cx, spec, convert::destination_rule::convert)
+                .map(ConvertedDoc::DestinationRule),
+            "ServiceEntry" => typed(&mut cx, spec, convert::service_entry::convert)
+                .map(ConvertedDoc::ServiceEntry),
+            "AuthorizationPolicy" => typed(&mut cx, spec, convert::security::authorization)
+                .map(ConvertedDoc::Authorization),
+            "PeerAuthentication" => typed(&mut cx, spec, convert::security::peer_authentication)
+                .map(ConvertedDoc::PeerAuthentication),
+            _ => None,
+        };
+    if let Some(c) = converted {
+        out.push(file, document, c, problems);
+    }
+}
+
+/// Decodes `spec` into its wire type (a typo is an error naming the field), then converts it.
+fn typed<S: DeserializeOwned, T>(
+    cx: &mut Ctx<'_>,
+    spec: Value,
+    f: impl FnOnce(&mut Ctx<'_>, &S) -> Option<T>,
+) -> Option<T> {
+    match decode::<S>(spec, "spec") {
+        Ok(s) => f(cx, &s),
+        Err((field, reason)) => {
+            cx.p.error(field, reason);
+            None
+        }
+    }
+}
+
+/// Deserializes `v`, reporting an error with its field path under `prefix`.
+fn decode<T: DeserializeOwned>(v: Value, prefix: &str) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let field = match (prefix, path.as_str()) {
+            (p, ".") => p.to_owned(),
+            ("", rest) => rest.to_owned(),
+            (p, rest) => format!("{p}.{rest}"),
+        };
+        let reason = e.into_inner().to_string();
+        (field, reason)
+    })
+}
