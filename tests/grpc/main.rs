@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod hardening;
+mod routing;
 mod support;
 
 use std::{sync::atomic::Ordering, time::Duration};

@@ -229,6 +229,12 @@ where
                                     *pos += 1;
                                 }
                             }
+                            // A body that knows it has ended (a `Full` after its one frame) may
+                            // never be polled for its end: hyper stops at `is_end_stream`.
+                            if body.is_end_stream() {
+                                s.done = true;
+                                *sent_trailers = true;
+                            }
                             Poll::Ready(Some(Ok(Frame::data(bytes))))
                         }
                         Err(frame) => match frame.into_trailers() {

@@ -337,20 +337,20 @@ where
     /// client has sent to it.
     pub fn endpoints(&self, service: &ServiceName) -> Option<Vec<EndpointStats>> {
         let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        by_name.get(service).map(|d| d.endpoints())
+        self.find(&by_name, service).map(|d| d.endpoints())
     }
 
     /// Mirror counters of a service (copies sent, failed, skipped), if the client has sent to it.
     pub fn mirrors(&self, service: &ServiceName) -> Option<MirrorCounts> {
         let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        by_name.get(service).map(|d| d.mirrors.counts())
+        self.find(&by_name, service).map(|d| d.mirrors.counts())
     }
 
     /// The backends the routes of a service use now, with their endpoints (each subset is a
     /// backend of its own), if the client has sent to it.
     pub fn backends(&self, service: &ServiceName) -> Option<Vec<BackendStats>> {
         let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        let dest = by_name.get(service)?.clone();
+        let dest = self.find(&by_name, service)?;
         drop(by_name);
         let routing = dest.routing();
         let mut out: Vec<BackendStats> = Vec::new();
@@ -373,7 +373,25 @@ where
     /// Counters and endpoint states of a service, if the client has sent to it.
     pub fn stats(&self, service: &ServiceName) -> Option<DestinationSnapshot> {
         let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        by_name.get(service).map(|d| d.snapshot())
+        self.find(&by_name, service).map(|d| d.snapshot())
+    }
+
+    /// The destination of `service`: by the name it resolved to, or by any spelling requests
+    /// used for it.
+    fn find(
+        &self,
+        by_name: &HashMap<ServiceName, Arc<Dest<B, D>>>,
+        service: &ServiceName,
+    ) -> Option<Arc<Dest<B, D>>> {
+        if let Some(d) = by_name.get(service) {
+            return Some(d.clone());
+        }
+        self.inner
+            .by_authority
+            .load()
+            .iter()
+            .find(|(a, _)| ServiceName::from_authority(a, 80).is_ok_and(|n| n == *service))
+            .map(|(_, d)| d.clone())
     }
 
     /// Finds or builds the destination of an authority not seen before.
@@ -381,10 +399,13 @@ where
         let name =
             ServiceName::from_authority(authority, 80).map_err(|e| Error::Resolve(e.into()))?;
         let mut by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        let dest = match by_name.get(&name) {
+        // One destination per service, whatever spelling (`reviews`, `reviews.default`, the
+        // FQDN) requests use: keyed by the name the mesh resolves them to.
+        let resolved = self.inner.mesh.resolve_name(name)?;
+        let dest = match by_name.get(&resolved.name) {
             Some(d) => d.clone(),
             None => {
-                let resolved = self.inner.mesh.resolve_name(name.clone())?;
+                let name = resolved.name.clone();
                 let dest = Dest::new(
                     &self.inner,
                     resolved.name,
