@@ -5,6 +5,7 @@
 mod common;
 mod faults;
 mod reload;
+mod security;
 
 use std::{collections::HashMap, path::PathBuf};
 

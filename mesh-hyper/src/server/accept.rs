@@ -36,8 +36,16 @@ const TLS_HANDSHAKE: u8 = 0x16;
 #[derive(Clone)]
 pub struct Acceptor {
     tls: Option<(TlsAcceptor, TlsStore)>,
-    mode: ServerTlsMode,
+    mode: Mode,
     handshake_timeout: Duration,
+}
+
+/// Where the mode comes from.
+#[derive(Clone)]
+enum Mode {
+    Fixed(ServerTlsMode),
+    /// The PeerAuthentication in force for this workload and port.
+    Live(mesh_core::config::ConfigStore, u16),
 }
 
 /// Time a client gets to send its first bytes and finish the TLS handshake. 10 s: Linkerd's
@@ -108,7 +116,24 @@ impl Acceptor {
         };
         Ok(Self {
             tls,
-            mode,
+            mode: Mode::Fixed(mode),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        })
+    }
+
+    /// An acceptor whose mode is the PeerAuthentication of the documents in `config` for this
+    /// workload on `port` (its `portLevelMtls`, its selector policy, its namespace's, the mesh's,
+    /// else Istio's default PERMISSIVE), read at every connection, so a change applies to new
+    /// connections. Needs the server's TLS identity.
+    pub fn from_config(
+        store: TlsStore,
+        config: mesh_core::config::ConfigStore,
+        port: u16,
+    ) -> Result<Self, TlsError> {
+        let tls_config = store.server_config(&[ALPN_H2, ALPN_HTTP11])?;
+        Ok(Self {
+            tls: Some((TlsAcceptor::from(Arc::clone(&tls_config)), store)),
+            mode: Mode::Live(config, port),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         })
     }
@@ -117,7 +142,7 @@ impl Acceptor {
     pub fn plaintext() -> Self {
         Self {
             tls: None,
-            mode: ServerTlsMode::Disable,
+            mode: Mode::Fixed(ServerTlsMode::Disable),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
@@ -130,9 +155,12 @@ impl Acceptor {
         self
     }
 
-    /// The mode.
+    /// The mode (for an acceptor following the documents, the one in force now).
     pub fn mode(&self) -> ServerTlsMode {
-        self.mode
+        match &self.mode {
+            Mode::Fixed(m) => *m,
+            Mode::Live(config, port) => config.load().peer_mode(*port),
+        }
     }
 
     /// Accepts one connection for an HTTP server: the TLS handshake (per the mode), then the
@@ -185,7 +213,9 @@ impl Acceptor {
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
         })?;
-        let Some((acceptor, store)) = &self.tls else {
+        let mode = self.mode();
+        let Some((acceptor, store)) = self.tls.as_ref().filter(|_| mode != ServerTlsMode::Disable)
+        else {
             return Ok((ServerStream::Plain(tcp), PeerIdentity(None)));
         };
         let waited = self.handshake_timeout;
@@ -203,7 +233,7 @@ impl Acceptor {
             }
         };
         if !is_tls {
-            return match self.mode {
+            return match mode {
                 ServerTlsMode::Permissive => {
                     tracing::debug!(%peer, "plaintext connection accepted (PERMISSIVE)");
                     Ok((ServerStream::Plain(tcp), PeerIdentity(None)))

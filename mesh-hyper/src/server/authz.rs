@@ -11,7 +11,8 @@ use std::{
 
 use futures_util::future::Either;
 use mesh_core::{
-    authz::Authorizer,
+    authz::{Authorizer, AuthzRequest},
+    config::ConfigStore,
     identity::PeerIdentity,
     telemetry::{Decision, Telemetry},
 };
@@ -19,21 +20,42 @@ use tower::Layer;
 use tower_service::Service;
 
 /// Decides every request with an [`Authorizer`] (Istio `AuthorizationPolicy` semantics) from
-/// the caller's [`PeerIdentity`] (set by the acceptor), the method and the path. A denied request
-/// gets `403 Forbidden` and never reaches the application; the decision and the rule that made it
-/// are an `info` event. gRPC callers get `PERMISSION_DENIED` instead of `403`.
+/// the caller's [`PeerIdentity`] (set by the acceptor), the method, the path, the host and port
+/// (`Host` / `:authority`) and the headers (`when` conditions on `request.headers[...]`). A
+/// denied request gets `403 Forbidden` and never reaches the application; the decision and the
+/// rule that made it are an `info` event. gRPC callers get `PERMISSION_DENIED` instead of `403`.
+///
+/// The policies are fixed ([`new`](Self::new)) or those of the Istio documents in force
+/// ([`from_config`](Self::from_config): the AuthorizationPolicies that select this workload,
+/// swapped in with every reload; a request is decided by the set in force when it arrives).
 #[derive(Clone)]
 pub struct AuthzLayer {
-    authorizer: Arc<Authorizer>,
+    source: Source,
     denied: Arc<AtomicU64>,
     telemetry: Option<Telemetry>,
+}
+
+#[derive(Clone)]
+enum Source {
+    Fixed(Arc<Authorizer>),
+    Live(ConfigStore),
 }
 
 impl AuthzLayer {
     /// Authorizes with `authorizer`.
     pub fn new(authorizer: Arc<Authorizer>) -> Self {
         Self {
-            authorizer,
+            source: Source::Fixed(authorizer),
+            denied: Arc::new(AtomicU64::new(0)),
+            telemetry: None,
+        }
+    }
+
+    /// Authorizes with the AuthorizationPolicies of the documents in `config` that apply to
+    /// its workload, as they change.
+    pub fn from_config(config: ConfigStore) -> Self {
+        Self {
+            source: Source::Live(config),
             denied: Arc::new(AtomicU64::new(0)),
             telemetry: None,
         }
@@ -87,10 +109,34 @@ where
             .extensions()
             .get::<PeerIdentity>()
             .and_then(|p| p.0.as_ref());
-        let decision = self
-            .layer
-            .authorizer
-            .evaluate(principal, req.method(), req.uri().path());
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("");
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+                (h, p.parse::<u16>().ok())
+            }
+            _ => (authority, None),
+        };
+        let areq = AuthzRequest {
+            principal,
+            method: req.method(),
+            path: req.uri().path(),
+            host,
+            port,
+            headers: Some(req.headers()),
+        };
+        let decision = match &self.layer.source {
+            Source::Fixed(a) => a.decide(&areq),
+            Source::Live(c) => c.load().authorizer().decide(&areq),
+        };
         if let Some(t) = &self.layer.telemetry {
             let d = if decision.allowed {
                 Decision::Allow
