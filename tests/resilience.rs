@@ -549,7 +549,6 @@ async fn breaker_opens_fails_fast_and_closes_after_recovery() {
             },
             ..Default::default()
         },
-        ..ServiceConfig::default()
     };
     let client = mesh_client(eps(&[&a]), config);
     for _ in 0..10 {

@@ -272,3 +272,53 @@ async fn short_names_resolve_in_the_workload_namespace() {
         assert_eq!(backend_of(&rsp), "v2", "{authority}");
     }
 }
+
+#[tokio::test]
+async fn live_explanations_and_the_config_version_are_in_the_admin_service() {
+    use std::sync::Arc;
+
+    use http_body_util::BodyExt;
+    use mesh::core::telemetry::{Registry, Telemetry};
+    use mesh::hyper::admin::AdminService;
+
+    let f = Fixture::new().await;
+    f.write_vs(&vs("  - match:\n    - headers:\n        end-user: {exact: jason}\n    route:\n    - destination: {host: reviews, subset: v2}\n  - route:\n    - destination: {host: reviews, subset: v1}\n"));
+    let mesh = f.mesh();
+    let version = mesh.config().unwrap().version();
+    let mut registry = Registry::default();
+    let telemetry = Telemetry::new(&mut registry);
+    telemetry.track_mesh(&mesh);
+    let admin = AdminService::new(Arc::new(registry), telemetry);
+    let body = |rsp: http::Response<http_body_util::Full<Bytes>>| async move {
+        String::from_utf8(rsp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    };
+    let get = http::Method::GET;
+    let text = body(admin.respond_uri(
+        &get,
+        "/mesh/explain",
+        Some("url=http%3A%2F%2Freviews%3A9080%2Freviews%2F1&header=end-user:jason&format=text"),
+    ))
+    .await;
+    assert!(text.contains("MATCH spec.http[0]"), "{text}");
+    assert!(
+        text.contains(&format!("endpoint {}", f.v2.addr)),
+        "live endpoints of subset v2: {text}"
+    );
+    assert!(!text.contains(&format!("endpoint {}", f.v1.addr)), "{text}");
+    let json =
+        body(admin.respond_uri(&get, "/mesh/explain", Some("url=http://reviews:9080/"))).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["route"]["destinations"][0]["selector"], "version=v1");
+    let metrics = body(admin.respond(&get, "/metrics")).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mesh_config_version{")
+                && l.contains(&format!("version=\"{version}\""))
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    let debug = body(admin.respond(&get, "/mesh/debug")).await;
+    assert!(debug.contains(&version), "{debug}");
+    assert_eq!(admin.respond_uri(&get, "/mesh/explain", None).status(), 400);
+}

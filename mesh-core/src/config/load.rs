@@ -243,7 +243,7 @@ fn document(
             "VirtualService" => typed(&mut cx, spec, convert::virtual_service::convert)
                 .map(ConvertedDoc::VirtualService),
             "DestinationRule" => typed(&mut cx, spec, convert::destination_rule::convert)
-                .map(ConvertedDoc::DestinationRule),
+                .map(|d| ConvertedDoc::DestinationRule(Box::new(d))),
             "ServiceEntry" => typed(&mut cx, spec, convert::service_entry::convert)
                 .map(ConvertedDoc::ServiceEntry),
             "AuthorizationPolicy" => typed(&mut cx, spec, convert::security::authorization)

@@ -93,6 +93,7 @@
 
 mod convert;
 mod error;
+pub mod explain;
 pub mod host;
 mod load;
 mod set;
@@ -115,6 +116,7 @@ pub use self::{
         virtual_service::VirtualService,
     },
     error::{ConfigError, ConfigErrors, Severity},
+    explain::{ExplainInput, Explanation, explain},
     host::Naming,
     set::ConfigSet,
     store::{ConfigStore, ConfigStoreStats},

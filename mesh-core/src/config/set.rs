@@ -22,7 +22,7 @@ use crate::{authz::Authorizer, route::RouteTable, tls::ServerTlsMode};
 /// One converted document.
 pub(crate) enum ConvertedDoc {
     VirtualService(VirtualService),
-    DestinationRule(DestinationRule),
+    DestinationRule(Box<DestinationRule>),
     ServiceEntry(ServiceEntry),
     Authorization(AuthzPolicy),
     PeerAuthentication(PeerAuthn),
@@ -245,7 +245,7 @@ pub(crate) fn assemble(
             }
             ConvertedDoc::DestinationRule(dr) => {
                 if exported_to(&dr.export_to, &dr.namespace, ns) {
-                    drs.entry(dr.host.clone()).or_default().push(dr);
+                    drs.entry(dr.host.clone()).or_default().push(*dr);
                 }
             }
             ConvertedDoc::ServiceEntry(se) => {

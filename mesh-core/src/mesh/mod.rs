@@ -350,6 +350,7 @@ impl Mesh {
                     .collect::<Vec<_>>()
                     .join(","),
                 version: stats.generation,
+                digest: Some(stats.version),
                 rejections: stats.rejections,
                 last_error: stats.last_error,
                 recent_errors: stats
@@ -366,6 +367,7 @@ impl Mesh {
             .files
             .iter()
             .map(|(file, _)| crate::telemetry::ConfigSourceSnapshot {
+                digest: None,
                 kind: "endpoints-file",
                 path: file.path().display().to_string(),
                 version: file.reloads() + 1,

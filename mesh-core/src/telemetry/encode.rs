@@ -269,12 +269,28 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         "Configuration loads by source and result (ok, rejected: the old stayed live).",
         Counter,
     );
+    let mut versions = Family::new(
+        "config_version",
+        "The configuration in force, by source and content hash (always 1).",
+        Gauge,
+    );
     for c in &s.config {
         let l = |r| vec![("source", c.kind), ("path", c.path.as_str()), ("result", r)];
         reloads.push(l("ok"), c.version);
         reloads.push(l("rejected"), c.rejections);
+        if let Some(d) = &c.digest {
+            versions.push(
+                vec![
+                    ("source", c.kind),
+                    ("path", c.path.as_str()),
+                    ("version", d.as_str()),
+                ],
+                1,
+            );
+        }
     }
     write(&reloads, encoder)?;
+    write(&versions, encoder)?;
 
     // TLS material and handshakes.
     let mut tls_reloads = Family::new(

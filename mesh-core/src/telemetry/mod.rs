@@ -146,6 +146,11 @@ impl Telemetry {
         }
     }
 
+    /// The meshes tracked (for the admin service's explanations).
+    pub fn meshes(&self) -> Vec<Mesh> {
+        lock(&self.inner.meshes).clone()
+    }
+
     /// Counts a request a client could not route (called by the protocol crates).
     pub fn unroutable(&self, reason: Unroutable) {
         self.inner.unroutable.record(reason);

@@ -163,6 +163,8 @@ pub struct ConfigSourceSnapshot {
     pub path: String,
     /// The live version: how many times it was loaded successfully (1 = the initial load).
     pub version: u64,
+    /// The content hash of the configuration in force (Istio documents).
+    pub digest: Option<String>,
     /// Rejected loads (invalid content; the previous version stayed live).
     pub rejections: u64,
     /// The latest rejection if the source is still on an older version, with field and reason.

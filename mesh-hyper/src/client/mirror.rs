@@ -19,10 +19,7 @@ use std::{
 
 use http::Request;
 use http_body_util::BodyExt;
-use mesh_core::{
-    retry::ReplayBody,
-    route::{HttpRoute, Percentage},
-};
+use mesh_core::{retry::ReplayBody, route::HttpRoute};
 use tower::ServiceExt;
 
 use super::{Dialect, RequestBody, backend::Backend};
@@ -79,7 +76,7 @@ impl Mirrors {
     pub(super) fn start<B: RequestBody, D: Dialect>(
         self: &Arc<Self>,
         route: &HttpRoute,
-        targets: &[(Percentage, Arc<Backend<B, D>>)],
+        targets: &[super::router::MirrorTarget<B, D>],
         parts: &http::request::Parts,
         body: &ReplayBody<B>,
     ) -> Pending<B, D> {

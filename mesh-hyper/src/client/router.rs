@@ -31,13 +31,16 @@ use crate::Error;
 pub(super) type RouteFuture =
     Pin<Box<dyn Future<Output = Result<Response<Incoming>, Error>> + Send + 'static>>;
 
+/// Where a route's copies go, and what share of its requests.
+pub(super) type MirrorTarget<B, D> = (Percentage, Arc<Backend<B, D>>);
+
 /// One route, ready to send.
 pub(super) struct RouteRt<B, D> {
     pub(super) timeout: TimeoutLayer,
     pub(super) retry: RetryLayer<D>,
     /// In the order of the route's distribution.
     pub(super) backends: Box<[Arc<Backend<B, D>>]>,
-    pub(super) mirrors: Box<[(Percentage, Arc<Backend<B, D>>)]>,
+    pub(super) mirrors: Box<[MirrorTarget<B, D>]>,
     /// Bodies kept for replay (retries) and for mirrors.
     pub(super) replay_bytes: usize,
 }

@@ -332,10 +332,8 @@ pub fn peer_mode_for(policies: &[PeerAuthn], w: &Workload, port: u16) -> ServerT
         .iter()
         .find(|p| p.namespace == ROOT_NAMESPACE && p.selector.is_none());
     if let Some(p) = workload {
-        if let Some((_, m)) = p.ports.iter().find(|(n, _)| *n == port) {
-            if let Some(m) = m {
-                return *m;
-            }
+        if let Some((_, Some(m))) = p.ports.iter().find(|(n, _)| *n == port) {
+            return *m;
         }
         if let Some(m) = p.mode {
             return m;

@@ -76,7 +76,8 @@ pub(crate) fn convert(cx: &mut Ctx<'_>, spec: &wire::VirtualServiceSpec) -> Opti
             );
             continue;
         }
-        if h.contains('*') && !(h.starts_with("*.") && !h[1..].contains('*')) {
+        let proper_wildcard = h.starts_with("*.") && !h[1..].contains('*');
+        if h.contains('*') && !proper_wildcard {
             cx.p.error(
                 format!("spec.hosts[{i}]"),
                 "a wildcard must be the whole first label (*.example.com)",
