@@ -31,6 +31,11 @@
 //!   three), `mesh` (the mesh channel over the same three, full default stack), at
 //!   concurrency 1 and 32.
 //!
+//! - `routing`: `raw`, `mesh` (no documents) and `mesh-routes` (a VirtualService of five rules,
+//!   the last matching, splitting 90/10 over two subsets), at concurrency 1 and 32; then the
+//!   time to reload 1,000 VirtualServices and 1,000 DestinationRules under load, and the
+//!   requests that failed meanwhile.
+//!
 //! The backend, the load generator and the client share one tokio runtime with one worker per
 //! core; their CPU is in every variant alike (it dilutes ratios: say so next to them). HAProxy is
 //! a separate process whose CPU is added to `cpu_us_per_req`.
@@ -40,6 +45,7 @@ mod grpc;
 mod load;
 mod mtls;
 mod report;
+mod routing;
 mod scenarios;
 mod sidecar;
 mod targets;
@@ -70,7 +76,7 @@ pub struct Opts {
     concurrency: Vec<usize>,
 }
 
-const USAGE: &str = "usage: bench <overhead|lb|faults|mtls|grpc> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...] [--concurrency N,...]";
+const USAGE: &str = "usage: bench <overhead|lb|faults|mtls|grpc|routing> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...] [--concurrency N,...]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
@@ -211,6 +217,24 @@ async fn main_async(opts: Opts) -> Result<bool, String> {
                 rows,
                 checks,
                 "three tonic servers, client and load generator share one process and runtime; raw-tonic sends to one server, the others balance over three",
+            )
+        }
+        "routing" => {
+            let s = routing::Routing::new().await;
+            let rows = rounds(&opts, &s.variants, &[1, 32]).await;
+            let (one, all, sample, initial_ms) =
+                s.reloads(opts.duration.max(Duration::from_secs(3))).await;
+            eprintln!(
+                "reloads (ms), one file changed: {one:.1?}; every document changed: {all:.1?}; initial load of {} documents: {initial_ms:.1} ms; during them {} requests, {} errors",
+                2 * routing::RELOAD_HOSTS + 2,
+                sample.requests,
+                sample.errors
+            );
+            let checks = routing::Routing::checks(&rows, &one, &all, &sample);
+            (
+                rows,
+                checks,
+                "two backends, client and load generator share one process and runtime; raw sends to one backend",
             )
         }
         "lb" => {

@@ -10,7 +10,7 @@ use super::{
     ConfigError, Workload,
     convert::{self, Ctx},
     error::Problems,
-    set::{Converted, ConvertedDoc},
+    set::{ConvertedDoc, Doc},
     wire,
 };
 
@@ -72,7 +72,7 @@ pub(crate) fn convert_text(
     workload: &Workload,
     lenient: bool,
     problems: &mut Vec<ConfigError>,
-    out: &mut Converted,
+    out: &mut Vec<Doc>,
 ) {
     let fail = |problems: &mut Vec<ConfigError>, reason: String| {
         problems.push(ConfigError::error(file, "", "", reason));
@@ -134,7 +134,7 @@ fn document(
     workload: &Workload,
     lenient: bool,
     problems: &mut Vec<ConfigError>,
-    out: &mut Converted,
+    out: &mut Vec<Doc>,
 ) {
     let unnamed = format!("document {index}");
     let Value::Object(mut map) = v else {
@@ -238,22 +238,22 @@ fn document(
             out: problems,
         },
     };
-    let converted =
-        match kind {
-            "VirtualService" => typed(&mut cx, spec, convert::virtual_service::convert)
-                .map(ConvertedDoc::VirtualService),
-            "DestinationRule" => typed(&mut cx, spec, convert::destination_rule::convert)
-                .map(|d| ConvertedDoc::DestinationRule(Box::new(d))),
-            "ServiceEntry" => typed(&mut cx, spec, convert::service_entry::convert)
-                .map(ConvertedDoc::ServiceEntry),
-            "AuthorizationPolicy" => typed(&mut cx, spec, convert::security::authorization)
-                .map(ConvertedDoc::Authorization),
-            "PeerAuthentication" => typed(&mut cx, spec, convert::security::peer_authentication)
-                .map(ConvertedDoc::PeerAuthentication),
-            _ => None,
-        };
+    let converted = match kind {
+        "VirtualService" => typed(&mut cx, spec, convert::virtual_service::convert)
+            .map(|d| ConvertedDoc::VirtualService(d.into())),
+        "DestinationRule" => typed(&mut cx, spec, convert::destination_rule::convert)
+            .map(|d| ConvertedDoc::DestinationRule(d.into())),
+        "ServiceEntry" => typed(&mut cx, spec, convert::service_entry::convert)
+            .map(|d| ConvertedDoc::ServiceEntry(d.into())),
+        "AuthorizationPolicy" => {
+            typed(&mut cx, spec, convert::security::authorization).map(ConvertedDoc::Authorization)
+        }
+        "PeerAuthentication" => typed(&mut cx, spec, convert::security::peer_authentication)
+            .map(ConvertedDoc::PeerAuthentication),
+        _ => None,
+    };
     if let Some(c) = converted {
-        out.push(file, document, c, problems);
+        out.push((file.to_path_buf(), document, c));
     }
 }
 

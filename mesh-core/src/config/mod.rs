@@ -163,6 +163,30 @@ pub fn load(
     workload: &Workload,
     options: &LoadOptions,
 ) -> Result<ConfigSet, ConfigErrors> {
+    load_cached(paths, workload, options, &mut FileCache::default())
+}
+
+/// The converted documents of files already read, by path and content hash: a reload
+/// converts again only the files whose content changed (every document is still validated
+/// against the whole set).
+#[derive(Default)]
+pub(crate) struct FileCache {
+    files: std::collections::HashMap<PathBuf, (u64, std::sync::Arc<FileResult>)>,
+}
+
+/// One file's converted documents and problems.
+pub(crate) struct FileResult {
+    docs: Vec<set::Doc>,
+    problems: Vec<ConfigError>,
+}
+
+/// [`load`] with a cache of the files' conversions.
+pub(crate) fn load_cached(
+    paths: &[PathBuf],
+    workload: &Workload,
+    options: &LoadOptions,
+    cache: &mut FileCache,
+) -> Result<ConfigSet, ConfigErrors> {
     let files = load::files(paths).map_err(|e| ConfigErrors(vec![e]))?;
     let mut texts = Vec::with_capacity(files.len());
     for f in &files {
@@ -182,7 +206,7 @@ pub fn load(
         .iter()
         .map(|(p, t)| (p.as_path(), t.as_str()))
         .collect();
-    load_from(&refs, workload, options)
+    load_from(&refs, workload, options, cache)
 }
 
 /// [`load`] for documents already in memory: `(name, text)` pairs (the name stands for the
@@ -193,31 +217,55 @@ pub fn load_texts(
     options: &LoadOptions,
 ) -> Result<ConfigSet, ConfigErrors> {
     let refs: Vec<(&Path, &str)> = texts.iter().map(|(n, t)| (Path::new(*n), *t)).collect();
-    load_from(&refs, workload, options)
+    load_from(&refs, workload, options, &mut FileCache::default())
 }
 
 fn load_from(
     texts: &[(&Path, &str)],
     workload: &Workload,
     options: &LoadOptions,
+    cache: &mut FileCache,
 ) -> Result<ConfigSet, ConfigErrors> {
     let mut problems = Vec::new();
     let mut converted = set::Converted::default();
     let mut hash = Fnv::default();
+    let mut seen = std::collections::HashSet::new();
     for (path, text) in texts {
+        let mut file_hash = Fnv::default();
+        file_hash.write(text.as_bytes());
         hash.write(path.to_string_lossy().as_bytes());
         hash.write(&[0]);
         hash.write(text.as_bytes());
         hash.write(&[0]);
-        load::convert_text(
-            path,
-            text,
-            workload,
-            options.lenient,
-            &mut problems,
-            &mut converted,
-        );
+        seen.insert(path.to_path_buf());
+        let result = match cache.files.get(*path) {
+            Some((h, r)) if *h == file_hash.0 => r.clone(),
+            _ => {
+                let (mut docs, mut file_problems) = (Vec::new(), Vec::new());
+                load::convert_text(
+                    path,
+                    text,
+                    workload,
+                    options.lenient,
+                    &mut file_problems,
+                    &mut docs,
+                );
+                let r = std::sync::Arc::new(FileResult {
+                    docs,
+                    problems: file_problems,
+                });
+                cache
+                    .files
+                    .insert(path.to_path_buf(), (file_hash.0, r.clone()));
+                r
+            }
+        };
+        problems.extend(result.problems.iter().cloned());
+        for (file, document, doc) in &result.docs {
+            converted.push(file, document.clone(), doc.clone(), &mut problems);
+        }
     }
+    cache.files.retain(|p, _| seen.contains(p));
     let sources = texts.iter().map(|(p, _)| p.display().to_string()).collect();
     let set = set::assemble(converted, workload, &mut problems, hash.hex(), sources);
     if problems.iter().any(ConfigError::is_error) {

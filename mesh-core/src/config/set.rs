@@ -20,18 +20,25 @@ use super::{
 use crate::{authz::Authorizer, route::RouteTable, tls::ServerTlsMode};
 
 /// One converted document.
+#[derive(Clone)]
 pub(crate) enum ConvertedDoc {
-    VirtualService(VirtualService),
-    DestinationRule(Box<DestinationRule>),
-    ServiceEntry(ServiceEntry),
+    // Shared: a reload reuses the conversions of unchanged files without copying them.
+    VirtualService(Arc<VirtualService>),
+    DestinationRule(Arc<DestinationRule>),
+    ServiceEntry(Arc<ServiceEntry>),
     Authorization(AuthzPolicy),
     PeerAuthentication(PeerAuthn),
 }
 
+/// One converted document with where it came from: (file, `Kind ns/name`, document).
+pub(crate) type Doc = (PathBuf, String, ConvertedDoc);
+
 /// The converted documents of a set, in file order.
 #[derive(Default)]
 pub(crate) struct Converted {
-    docs: Vec<(PathBuf, String, ConvertedDoc)>,
+    docs: Vec<Option<Doc>>,
+    /// Position of each document by `Kind ns/name`.
+    index: HashMap<String, usize>,
 }
 
 impl Converted {
@@ -44,8 +51,12 @@ impl Converted {
         doc: ConvertedDoc,
         problems: &mut Vec<ConfigError>,
     ) {
-        if let Some(i) = self.docs.iter().position(|(_, d, _)| *d == document) {
-            let earlier = self.docs.remove(i).0;
+        if let Some(earlier) = self
+            .index
+            .get(&document)
+            .and_then(|i| self.docs[*i].take())
+            .map(|d| d.0)
+        {
             problems.push(
                 ConfigError::error(
                     file,
@@ -59,7 +70,8 @@ impl Converted {
                 .warning(),
             );
         }
-        self.docs.push((file.to_path_buf(), document, doc));
+        self.index.insert(document.clone(), self.docs.len());
+        self.docs.push(Some((file.to_path_buf(), document, doc)));
     }
 }
 
@@ -208,16 +220,16 @@ pub(crate) fn assemble(
     let mut set = ConfigSet {
         version,
         sources,
-        documents: converted.docs.len(),
+        documents: converted.index.len(),
         workload: workload.clone(),
         ..ConfigSet::default()
     };
     let mut vs_owner: HashMap<String, String> = HashMap::new();
     // DestinationRules by host, then namespace, in file order.
-    let mut drs: BTreeMap<String, Vec<DestinationRule>> = BTreeMap::new();
+    let mut drs: BTreeMap<String, Vec<Arc<DestinationRule>>> = BTreeMap::new();
     let mut se_owner: HashMap<(String, u16), String> = HashMap::new();
-    let mut vss: Vec<(PathBuf, String, VirtualService)> = Vec::new();
-    for (file, document, doc) in converted.docs {
+    let mut vss: Vec<(PathBuf, String, Arc<VirtualService>)> = Vec::new();
+    for (file, document, doc) in converted.docs.into_iter().flatten() {
         match doc {
             ConvertedDoc::VirtualService(vs) => {
                 if !exported_to(&vs.export_to, &vs.namespace, ns) {
@@ -245,7 +257,7 @@ pub(crate) fn assemble(
             }
             ConvertedDoc::DestinationRule(dr) => {
                 if exported_to(&dr.export_to, &dr.namespace, ns) {
-                    drs.entry(dr.host.clone()).or_default().push(*dr);
+                    drs.entry(dr.host.clone()).or_default().push(dr);
                 }
             }
             ConvertedDoc::ServiceEntry(se) => {
@@ -274,7 +286,6 @@ pub(crate) fn assemble(
                         se_owner.insert((h.clone(), p.number), document.clone());
                     }
                 }
-                let se = Arc::new(se);
                 for h in &se.hosts {
                     set.se_by_host.insert(h.clone(), se.clone());
                 }
@@ -286,7 +297,7 @@ pub(crate) fn assemble(
     }
     for (host, group) in drs {
         if let Some(dr) = merge_destination_rules(&host, group, ns, problems) {
-            set.destination_rules.insert(host, Arc::new(dr));
+            set.destination_rules.insert(host, dr);
         }
     }
     // Routes must name subsets that exist (Istio: IST0101 from analyze and 503s at runtime;
@@ -330,7 +341,6 @@ pub(crate) fn assemble(
         }
     }
     for (_, _, vs) in vss {
-        let vs = Arc::new(vs);
         for h in &vs.hosts {
             if h.starts_with('*') {
                 set.vs_wildcard.push((h.clone(), vs.clone()));
@@ -349,10 +359,10 @@ pub(crate) fn assemble(
 /// subsets appended (a repeated name: the first wins), the first `trafficPolicy` wins.
 fn merge_destination_rules(
     host: &str,
-    group: Vec<DestinationRule>,
+    group: Vec<Arc<DestinationRule>>,
     client_ns: &str,
     problems: &mut Vec<ConfigError>,
-) -> Option<DestinationRule> {
+) -> Option<Arc<DestinationRule>> {
     let host_ns = host.split('.').nth(1).unwrap_or("");
     let pick = [client_ns, host_ns, ROOT_NAMESPACE]
         .into_iter()
@@ -360,8 +370,14 @@ fn merge_destination_rules(
         .map(str::to_owned)
         .or_else(|| group.first().map(|d| d.namespace.clone()))?;
     let mut it = group.into_iter().filter(|d| d.namespace == pick);
-    let mut merged = it.next()?;
-    for other in it {
+    let first = it.next()?;
+    let rest: Vec<_> = it.collect();
+    if rest.is_empty() {
+        return Some(first);
+    }
+    let mut merged = Arc::unwrap_or_clone(first);
+    for other in rest {
+        let other = Arc::unwrap_or_clone(other);
         if other.policy != Default::default() && merged.policy != Default::default() {
             problems.push(
                 ConfigError::error(PathBuf::new(), &other.source, "spec.trafficPolicy", format!("{} already sets the trafficPolicy of {host}: the first wins, this one is ignored", merged.source))
@@ -389,5 +405,5 @@ fn merge_destination_rules(
             }
         }
     }
-    Some(merged)
+    Some(Arc::new(merged))
 }

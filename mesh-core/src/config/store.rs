@@ -45,6 +45,8 @@ struct Inner {
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
     /// Called with every set swapped in (the mesh updates ServiceEntry endpoints).
     listeners: Mutex<Vec<Listener>>,
+    /// The files' conversions: a reload converts again only the files that changed.
+    cache: Mutex<super::FileCache>,
 }
 
 /// A function told of every new set; `false` removes it.
@@ -85,8 +87,10 @@ impl ConfigStore {
         workload: Workload,
         options: LoadOptions,
     ) -> Result<Self, ConfigErrors> {
-        let set = super::load(&paths, &workload, &options)?;
+        let mut cache = super::FileCache::default();
+        let set = super::load_cached(&paths, &workload, &options, &mut cache)?;
         let store = Self::new(set, paths, workload, options);
+        *store.inner.cache.lock().unwrap_or_else(|e| e.into_inner()) = cache;
         store.watch();
         tracing::info!(
             version = store.version(),
@@ -116,6 +120,7 @@ impl ConfigStore {
                 stats: Mutex::new(Stats::default()),
                 watcher: Mutex::new(None),
                 listeners: Mutex::new(Vec::new()),
+                cache: Mutex::new(super::FileCache::default()),
             }),
         }
     }
@@ -200,7 +205,11 @@ impl ConfigStore {
     /// Reads the files again: swaps the set in if it validates, else records the rejection.
     pub fn reload(&self) -> Result<(), ConfigErrors> {
         let inner = &self.inner;
-        match super::load(&inner.paths, &inner.workload, &inner.options) {
+        let loaded = {
+            let mut cache = inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+            super::load_cached(&inner.paths, &inner.workload, &inner.options, &mut cache)
+        };
+        match loaded {
             Ok(set) if set.version() == inner.current.load().version() => Ok(()),
             Ok(set) => {
                 self.replace(set);

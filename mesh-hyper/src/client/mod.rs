@@ -252,6 +252,11 @@ where
         }
     }
 
+    /// The mesh the client resolves names with.
+    pub fn mesh(&self) -> &Mesh {
+        &self.inner.mesh
+    }
+
     /// A handle on one destination service: requests sent through it skip routing by
     /// authority, and may be in origin form (`/path`): the target's authority is filled in.
     /// Builds the destination's stack now if the client has not sent to it before.
