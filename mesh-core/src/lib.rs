@@ -31,6 +31,7 @@ pub mod dev_ca;
 pub mod discover;
 pub mod duration;
 pub mod endpoint;
+pub mod extensions;
 mod fs_watch;
 pub mod identity;
 pub mod limit;

@@ -567,13 +567,13 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        self.route(req)
+        self.send(req)
     }
 }
 
 impl<S, C> Balancer<S, C> {
     /// Sends a request to an endpoint: what [`Service::call`] does, through a shared reference.
-    pub fn route<B>(&self, req: http::Request<B>) -> ResponseFuture<S, http::Request<B>, C>
+    pub fn send<B>(&self, req: http::Request<B>) -> ResponseFuture<S, http::Request<B>, C>
     where
         S: Service<http::Request<B>> + Clone + Send + Sync + 'static,
         S::Error: From<NoEndpoints> + Send + 'static,

@@ -508,7 +508,7 @@ mod tests {
                 })
             },
         );
-        let err = balancer.route(http::Request::new(())).await.unwrap_err();
+        let err = balancer.send(http::Request::new(())).await.unwrap_err();
         assert_eq!(err.reason, crate::balance::NoEndpointsReason::Unhealthy(1));
         assert!(
             err.to_string().contains("fail their health checks"),

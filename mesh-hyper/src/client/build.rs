@@ -11,6 +11,7 @@ use mesh_core::{
     ServiceName,
     balance::Selector,
     config::ConfigSet,
+    extensions::Routed,
     retry::{RetryLayer, RetryShare},
     route::{BackendRef, HttpRoute, RouteTable},
     timeout::TimeoutLayer,
@@ -56,6 +57,7 @@ impl<B: RequestBody, D: Dialect> Routing<B, D> {
                     backends: r.backends.clone(),
                     mirrors: r.mirrors.clone(),
                     replay_bytes: r.replay_bytes,
+                    routed: r.routed.clone(),
                 })
                 .collect(),
             mirrors: self.mirrors.clone(),
@@ -113,7 +115,12 @@ impl<B: RequestBody, D: Dialect> Inner<B, D> {
                     ))
                 })
                 .collect::<Result<Vec<_>, Error>>()?;
+            let routed = backends
+                .iter()
+                .map(|b| Routed::new(route.label(), b.service.as_str(), b.subset.as_deref()))
+                .collect();
             routes.push(RouteRt {
+                routed,
                 timeout: TimeoutLayer::new(name.clone(), policy.timeout),
                 replay_bytes: replay_bytes(route, &retry),
                 retry,

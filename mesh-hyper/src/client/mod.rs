@@ -288,10 +288,10 @@ where
         // guard keeps the old map, and the destination, alive until it is routed); only its
         // metrics go with the dropped destination.
         if let Some(dest) = self.inner.by_authority.load().get(authority) {
-            return Self::route(dest, req);
+            return Self::send(dest, req);
         }
         match self.destination(authority) {
-            Ok(dest) => Self::route(&dest, req),
+            Ok(dest) => Self::send(&dest, req),
             Err(e) => self.unroutable(e),
         }
     }
@@ -310,7 +310,7 @@ where
         ResponseFuture::failed(e)
     }
 
-    fn route(dest: &Dest<B, D>, mut req: Request<B>) -> ResponseFuture<B, D> {
+    fn send(dest: &Dest<B, D>, mut req: Request<B>) -> ResponseFuture<B, D> {
         dest.touch();
         let trace = if dest.trace_context {
             inject_trace_context(&mut req)

@@ -19,6 +19,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use mesh_core::{
     ServiceName,
+    extensions::Routed,
     retry::{DEFAULT_MAX_REPLAY_BYTES, ReplayBody, RetryLayer},
     route::{HttpRoute, Percentage, RequestView, RouteTable},
     timeout::TimeoutLayer,
@@ -43,6 +44,8 @@ pub(super) struct RouteRt<B, D> {
     pub(super) mirrors: Box<[MirrorTarget<B, D>]>,
     /// Bodies kept for replay (retries) and for mirrors.
     pub(super) replay_bytes: usize,
+    /// What each backend's responses say about their route (see `mesh_core::extensions`).
+    pub(super) routed: Box<[Routed]>,
 }
 
 /// The routes of one destination for one configuration generation.
@@ -110,6 +113,7 @@ impl<B: RequestBody, D: Dialect> Routing<B, D> {
         let pending = self.mirrors.start(route, &rt.mirrors, &parts, &body);
         let req = Request::from_parts(parts, body);
         let this = self.clone();
+        let routed = rt.routed[pick].clone();
         let response_ops =
             !route.headers.response.is_empty() || !weighted.headers.response.is_empty();
         Box::pin(async move {
@@ -121,6 +125,7 @@ impl<B: RequestBody, D: Dialect> Routing<B, D> {
             let result = rt.timeout.wrap(req, |req| rt.retry.call(stack, req)).await;
             pending.after_head();
             let mut rsp = result?;
+            rsp.extensions_mut().insert(routed);
             if response_ops {
                 let route = &this.table.routes[index];
                 route.headers.response.apply(rsp.headers_mut());

@@ -51,7 +51,7 @@ where
                 Err(_) => return ResponseFuture::failed(Error::MissingAuthority),
             }
         }
-        MeshClient::route(&self.dest, req)
+        MeshClient::send(&self.dest, req)
     }
 
     /// Counters and endpoint states of this destination.

@@ -166,7 +166,7 @@ impl Acceptor {
     /// Accepts one connection for an HTTP server: the TLS handshake (per the mode), then the
     /// first bytes that say which HTTP version the client speaks (for HTTP/2, the preface and
     /// the client's `SETTINGS`), all within the handshake timeout from now, in every mode (see
-    /// [`detect`](super::detect)). A client that sends nothing, or part of a preface, is
+    /// the server module's protocol detection). A client that sends nothing, or part of a preface, is
     /// dropped when the time is up.
     pub async fn accept_http(&self, tcp: TcpStream) -> Result<Accepted, AcceptError> {
         let waited = self.handshake_timeout;
