@@ -52,7 +52,8 @@ pub struct MirrorCounts {
 /// Copies waiting for the request's body to be complete.
 pub(super) struct Pending<B, D> {
     jobs: Vec<Job<B, D>>,
-    mirrors: Arc<Mirrors>,
+    /// Set when there are jobs.
+    mirrors: Option<Arc<Mirrors>>,
 }
 
 struct Job<B, D> {
@@ -81,6 +82,12 @@ impl Mirrors {
         body: &ReplayBody<B>,
     ) -> Pending<B, D> {
         let mut jobs = Vec::new();
+        if targets.is_empty() {
+            return Pending {
+                jobs,
+                mirrors: None,
+            };
+        }
         let limit = route.overrides.timeout.unwrap_or(MIRROR_TIMEOUT);
         for (pct, backend) in targets {
             if !pct.sample() {
@@ -104,8 +111,8 @@ impl Mirrors {
             }
         }
         Pending {
+            mirrors: (!jobs.is_empty()).then(|| self.clone()),
             jobs,
-            mirrors: self.clone(),
         }
     }
 
@@ -163,11 +170,14 @@ impl<B: RequestBody, D: Dialect> Pending<B, D> {
     /// The request's response head arrived: copies whose body is complete go now; the
     /// others are skipped.
     pub(super) fn after_head(self) {
+        let Some(mirrors) = self.mirrors else {
+            return;
+        };
         for job in self.jobs {
             if job.body.is_complete() {
-                self.mirrors.spawn(job);
+                mirrors.spawn(job);
             } else {
-                self.mirrors.skipped.fetch_add(1, Relaxed);
+                mirrors.skipped.fetch_add(1, Relaxed);
                 tracing::debug!(service = %job.backend.service, "mirror skipped: the body is too large or still streaming");
             }
         }

@@ -66,7 +66,7 @@ impl<B: RequestBody, D: Dialect> Routing<B, D> {
     }
 
     /// Sends a request through the routes. See the [module docs](self).
-    pub(super) fn route(self: &Arc<Self>, mut req: Request<B>) -> RouteFuture {
+    pub(super) fn route(self: Arc<Self>, mut req: Request<B>) -> RouteFuture {
         let view = RequestView::of(&req, self.service.port());
         let Some((index, route)) = self.table.find(&view) else {
             return Box::pin(std::future::ready(Err(Error::NoRoute {
@@ -74,18 +74,17 @@ impl<B: RequestBody, D: Dialect> Routing<B, D> {
                 path: req.uri().path().to_owned(),
             })));
         };
-        let prefix_len = match route.matching(&view) {
-            Some(Some(m)) => m.uri.as_ref().and_then(|u| u.prefix_len()),
-            _ => None,
-        };
         let rt = &self.routes[index];
         let pick = route.backends.pick();
-        let backend = rt.backends[pick].clone();
         let weighted = &route.backends.backends()[pick];
         tracing::debug!(service = %self.service, route = route.label(), backend = %weighted.backend, "routed");
         route.headers.request.apply(req.headers_mut());
         weighted.headers.request.apply(req.headers_mut());
         if let Some(rw) = &route.rewrite {
+            let prefix_len = match route.matching(&RequestView::of(&req, self.service.port())) {
+                Some(Some(m)) => m.uri.as_ref().and_then(|u| u.prefix_len()),
+                _ => None,
+            };
             if let Err(e) = rewrite(&mut req, rw, prefix_len) {
                 return Box::pin(std::future::ready(Err(e)));
             }
@@ -112,20 +111,23 @@ impl<B: RequestBody, D: Dialect> Routing<B, D> {
         let body = ReplayBody::new(body, rt.replay_bytes);
         let pending = self.mirrors.start(route, &rt.mirrors, &parts, &body);
         let req = Request::from_parts(parts, body);
-        let this = self.clone();
-        let routed = rt.routed[pick].clone();
+        // Only routes a VirtualService wrote say which route took the request.
+        let routed = self.table.source.is_some().then(|| rt.routed[pick].clone());
         let response_ops =
             !route.headers.response.is_empty() || !weighted.headers.response.is_empty();
         Box::pin(async move {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
+            let this = self;
             let rt = &this.routes[index];
-            let stack = backend.stack.clone();
+            let stack = rt.backends[pick].stack.clone();
             let result = rt.timeout.wrap(req, |req| rt.retry.call(stack, req)).await;
             pending.after_head();
             let mut rsp = result?;
-            rsp.extensions_mut().insert(routed);
+            if let Some(routed) = routed {
+                rsp.extensions_mut().insert(routed);
+            }
             if response_ops {
                 let route = &this.table.routes[index];
                 route.headers.response.apply(rsp.headers_mut());
