@@ -35,6 +35,19 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// A sample of nothing (a measurement that did not run).
+    pub fn empty() -> Self {
+        Self {
+            requests: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            hist: Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("valid bounds"),
+            cpu: Duration::ZERO,
+            first_error: None,
+            extra: Default::default(),
+        }
+    }
+
     pub fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }

@@ -119,8 +119,20 @@ impl Routing {
         std::fs::create_dir(&docs).expect("docs dir");
         std::fs::write(docs.join("bench.yaml"), bench_docs(90, 10)).expect("write docs");
         let raw_uri = format!("http://{}/", v1.addr);
-        let (e1, e2) = (endpoints.clone(), endpoints.clone());
+        let (e1, e2, e3) = (endpoints.clone(), endpoints.clone(), endpoints.clone());
         let d = docs.clone();
+        // Diagnostic (`--only mesh-rules-only`): the five rules, the last sending everything to
+        // the whole service, so the balancer is the `mesh` row's and only routing differs.
+        let rules = dir.path().join("rules");
+        std::fs::create_dir(&rules).expect("rules dir");
+        std::fs::write(
+            rules.join("bench.yaml"),
+            bench_docs(90, 10).replace(
+                "    - {destination: {host: bench, subset: v1}, weight: 90}\n    - {destination: {host: bench, subset: v2}, weight: 10}\n",
+                "    - {destination: {host: bench}}\n",
+            ),
+        )
+        .expect("write docs");
         let variants = vec![
             per_run(
                 "raw",
@@ -135,6 +147,11 @@ impl Routing {
             per_run(
                 "mesh-routes",
                 move || targets::Mesh::new(client(&e2, Some(&d)), URI),
+                Arc::new(no_external),
+            ),
+            per_run(
+                "mesh-rules-only",
+                move || targets::Mesh::new(client(&e3, Some(&rules)), URI),
                 Arc::new(no_external),
             ),
         ];
@@ -236,7 +253,7 @@ impl Routing {
                 max <= 50.0,
             ));
         }
-        if !one.is_empty() {
+        if !one.is_empty() && sample.requests > 0 {
             out.push(Check::new(
                 "no failed request during the reloads (c32)",
                 format!("{} errors of {} requests", sample.errors, sample.requests),

@@ -199,9 +199,57 @@ pub struct RequestMatch {
 }
 
 impl RequestMatch {
-    /// Whether the request matches every condition.
+    /// Whether the request matches every condition. (The request path: no explanation is
+    /// built; [`mismatch`](Self::mismatch) says why in words.)
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        self.mismatch(req).is_none()
+        if self.port.is_some_and(|p| p != req.port) {
+            return false;
+        }
+        if self
+            .method
+            .as_ref()
+            .is_some_and(|m| !m.matches(req.method.as_str(), false))
+        {
+            return false;
+        }
+        if self
+            .uri
+            .as_ref()
+            .is_some_and(|m| !m.matches(req.path, self.ignore_uri_case))
+        {
+            return false;
+        }
+        if self
+            .scheme
+            .as_ref()
+            .is_some_and(|m| !m.matches(req.scheme, false))
+        {
+            return false;
+        }
+        if self
+            .authority
+            .as_ref()
+            .is_some_and(|m| !m.matches(req.authority, false))
+        {
+            return false;
+        }
+        if !self
+            .headers
+            .iter()
+            .all(|(n, w)| header_holds(req.headers, n, w))
+        {
+            return false;
+        }
+        if self
+            .without_headers
+            .iter()
+            .any(|(n, w)| header_holds(req.headers, n, w))
+        {
+            return false;
+        }
+        self.query_params
+            .iter()
+            .all(|(k, want)| query_value(req.query, k).is_some_and(|v| want.matches(&v, false)))
     }
 
     /// The first condition the request fails, in words (for `mesh explain`), or `None` when
@@ -259,6 +307,23 @@ impl RequestMatch {
             }
         }
         None
+    }
+}
+
+/// Whether a header condition holds (the allocation-free check of the request path; a single
+/// value, the common case, is matched in place).
+fn header_holds(headers: &HeaderMap, name: &HeaderName, want: &HeaderMatcher) -> bool {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return false;
+    };
+    let m = match want {
+        HeaderMatcher::Present => return true,
+        HeaderMatcher::Value(m) => m,
+    };
+    match values.next() {
+        None => first.to_str().is_ok_and(|v| m.matches(v, false)),
+        Some(_) => header_mismatch(headers, name, want).is_none(),
     }
 }
 
@@ -404,6 +469,16 @@ mod tests {
         let empty = HeaderMap::new();
         let why = m.mismatch(&view(&get, "/reviews/1", "v", &empty)).unwrap();
         assert!(why.contains("end-user is absent"), "{why}");
+        // The fast check and the explanation always agree.
+        for (path, query, h) in [
+            ("/reviews/1", "v", &headers),
+            ("/reviews/1", "", &headers),
+            ("/ratings", "v", &headers),
+            ("/reviews/1", "v", &empty),
+        ] {
+            let v = view(&get, path, query, h);
+            assert_eq!(m.matches(&v), m.mismatch(&v).is_none(), "{path}?{query}");
+        }
     }
 
     #[test]
