@@ -52,6 +52,8 @@ mod endpoint;
 mod future;
 mod mirror;
 mod router;
+mod settings;
+mod sweep;
 mod target;
 mod tls;
 
@@ -60,7 +62,6 @@ use std::{
     fmt,
     sync::{Arc, Mutex},
     task::{Context, Poll},
-    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -71,8 +72,7 @@ use hyper::body::Incoming;
 use mesh_core::{
     Mesh, ServiceName,
     balance::EndpointStats,
-    telemetry::{DestinationSnapshot, DestinationSource, Telemetry, Unroutable},
-    tls::TlsStore,
+    telemetry::{DestinationSnapshot, DestinationSource, Unroutable},
     trace_context::TraceContext,
 };
 use tower_service::Service;
@@ -109,71 +109,7 @@ impl<T> RequestBody for T where
 {
 }
 
-/// One backend of a destination's routes: a service, or one of its subsets.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct BackendStats {
-    /// The service.
-    pub service: ServiceName,
-    /// The subset (`None`: every endpoint of the service).
-    pub subset: Option<String>,
-    /// Its endpoints as its balancer sees them.
-    pub endpoints: Vec<EndpointStats>,
-}
-
-/// Connection settings of a [`MeshClient`], applied to every endpoint's pool.
-#[derive(Clone, Debug)]
-pub struct ClientSettings {
-    /// Time allowed for a TCP connect, and again for the TLS handshake of mTLS endpoints.
-    /// Default 1 s: linkerd2-proxy's outbound connect timeout.
-    pub connect_timeout: Duration,
-    /// Idle pooled connections are closed after this. Default 90 s: hyper-util's default.
-    pub pool_idle_timeout: Duration,
-    /// Idle connections kept per endpoint. Default unlimited: hyper-util's default.
-    pub pool_max_idle_per_endpoint: usize,
-    /// TCP keepalive probes after 60 s of idleness (the default), so dead peers behind NAT
-    /// are found (Linux would otherwise wait two hours).
-    pub tcp_keepalive: Option<Duration>,
-    /// This workload's TLS identity, for mTLS to destinations whose policy asks for it
-    /// (`ServiceConfig::tls`; by default, endpoints with a known identity).
-    pub tls: Option<TlsStore>,
-    /// HTTP/2 connections per endpoint, each multiplexing many requests. Default 1 (what
-    /// gRPC clients and Linkerd do); more spreads one endpoint's load over several TCP streams
-    /// and server threads when a single connection's flow becomes the bottleneck.
-    pub http2_connections_per_endpoint: usize,
-    /// Where request metrics and the destinations' state are reported (see
-    /// [`mesh_core::telemetry`]). Default none: no metrics are recorded.
-    pub telemetry: Option<Telemetry>,
-    /// Whether requests carry W3C trace context: a request without `traceparent` gets one
-    /// whose parent is the request the current task is handling (set by the server layers), or
-    /// a new trace. Default on.
-    pub trace_context: bool,
-    /// Destinations the mesh resolved on demand (names it was not told about, found with DNS;
-    /// IP literals) to which no request was sent for at least this long are dropped, with
-    /// their connection pools and DNS refresh, within 1.5 times this; a later request builds
-    /// them again (their `mesh_client_*` counters then start from zero). Configured services
-    /// are kept, and so are destinations with requests waiting for their response head and
-    /// those held by a [`Target`] (or a gRPC channel): the idle time starts when they are not.
-    /// A response body still streaming when its destination is dropped completes normally.
-    /// Default 60 s (the order of Linkerd's max idle age for outbound destinations); `None`:
-    /// never.
-    pub destination_idle_timeout: Option<Duration>,
-}
-
-impl Default for ClientSettings {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(1),
-            pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_endpoint: usize::MAX,
-            tcp_keepalive: Some(Duration::from_secs(60)),
-            tls: None,
-            http2_connections_per_endpoint: 1,
-            telemetry: None,
-            trace_context: true,
-            destination_idle_timeout: Some(Duration::from_secs(60)),
-        }
-    }
-}
+pub use self::settings::{BackendStats, ClientSettings};
 
 /// The meshed HTTP client. Cheap to clone; clones share destinations, pools and load state.
 /// See the [module docs](self). `D` is the protocol spoken over HTTP: plain HTTP by default,
@@ -433,89 +369,6 @@ where
         map.insert(authority.into(), dest.clone());
         self.inner.by_authority.store(Arc::new(map));
         Ok(dest)
-    }
-
-    /// Starts the task that drops idle on-demand destinations (once; it ends with the client).
-    fn start_sweeping(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let Some(timeout) = self.inner.settings.destination_idle_timeout else {
-            return;
-        };
-        if self.inner.sweeping.swap(true, Relaxed) {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            // Outside a runtime nothing can run later: try again with the next destination.
-            self.inner.sweeping.store(false, Relaxed);
-            return;
-        };
-        let period = (timeout / 2).max(Duration::from_millis(10));
-        let inner = Arc::downgrade(&self.inner);
-        rt.spawn(async move {
-            // Dropped with the task (the client went away, or its runtime shut down): the next
-            // on-demand destination starts sweeping again, on its own runtime.
-            struct Sweeping<B, D>(std::sync::Weak<Inner<B, D>>);
-            impl<B, D> Drop for Sweeping<B, D> {
-                fn drop(&mut self) {
-                    if let Some(inner) = self.0.upgrade() {
-                        inner.sweeping.store(false, Relaxed);
-                    }
-                }
-            }
-            let sweeping = Sweeping(inner);
-            loop {
-                tokio::time::sleep(period).await;
-                let Some(inner) = sweeping.0.upgrade() else {
-                    return;
-                };
-                inner.sweep();
-            }
-        });
-    }
-}
-
-impl<B: RequestBody, D: Dialect> Inner<B, D> {
-    /// One pass of the idle sweep: an on-demand destination that no request used during two
-    /// whole passes in a row (at least the idle timeout), with nothing in flight and no handle
-    /// on it outside the client's maps, is dropped.
-    fn sweep(&self) {
-        let mut by_name = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        let by_authority = self.by_authority.load();
-        // The maps' own references to each destination: by name, and per authority spelling.
-        let mut refs: HashMap<*const Dest<B, D>, usize> = HashMap::new();
-        for d in by_authority.values() {
-            *refs.entry(Arc::as_ptr(d)).or_insert(1) += 1;
-        }
-        let before = by_name.len();
-        by_name.retain(|name, dest| {
-            if !dest.on_demand {
-                return true;
-            }
-            // More references than the maps' are `Target`s (or a request between resolving a
-            // new authority and routing it); requests already routed hold the stack, not the
-            // destination, and show as in flight until their response head.
-            let held = Arc::strong_count(dest) > refs.get(&Arc::as_ptr(dest)).copied().unwrap_or(1);
-            if held || dest.in_flight() > 0 {
-                // Busy: the idle time starts when it no longer is.
-                dest.touch();
-                return true;
-            }
-            if !dest.idle_for_two_sweeps() {
-                return true;
-            }
-            tracing::debug!(service = %name, "idle destination dropped");
-            false
-        });
-        if by_name.len() == before {
-            return;
-        }
-        let mut map = HashMap::clone(&by_authority);
-        map.retain(|_, d| {
-            by_name
-                .get(&d.name)
-                .is_some_and(|kept| Arc::ptr_eq(kept, d))
-        });
-        self.by_authority.store(Arc::new(map));
     }
 }
 

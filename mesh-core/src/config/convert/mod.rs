@@ -4,8 +4,10 @@
 
 pub(crate) mod common;
 pub mod destination_rule;
+mod route_policy;
 pub mod security;
 pub mod service_entry;
+mod traffic_policy;
 pub mod virtual_service;
 
 use super::{Workload, error::Problems, host::Naming};
