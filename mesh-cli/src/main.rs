@@ -6,12 +6,17 @@
 //! - `mesh explain -f PATH... METHOD URL [-H 'name: value']...` says, for one request, which
 //!   route matches and why the earlier ones do not, the destinations with their effective
 //!   weights, each subset's endpoints (with `--endpoints FILE`) and the policies that apply;
+//! - `mesh apply -f PATH... --etcd URL [--prefix P] [--expect-revision N]` validates documents
+//!   as `mesh check` does, with those already in etcd, and writes them in one transaction only
+//!   if the whole set is valid; `mesh get [documents|endpoints] --etcd URL` lists what is live
+//!   (both need the `etcd` feature);
 //! - `mesh ca init DIR` / `mesh ca issue DIR SPIFFE_ID NAME` run a development CA.
 
 #![forbid(unsafe_code)]
 
 mod ca;
 mod check;
+mod etcd;
 mod explain;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -24,7 +29,7 @@ use mesh_core::config::{LoadOptions, Workload};
 #[command(
     name = "mesh",
     version,
-    about = "Check and explain Istio documents as mesh reads them; a development CA."
+    about = "Check and explain Istio documents as mesh reads them, apply them to etcd; a development CA."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -68,6 +73,31 @@ enum Command {
         /// A request header, `name: value` (repeatable).
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+    },
+    /// Validate documents with those live in etcd and write them in one transaction, only if
+    /// the whole set is valid (feature `etcd`).
+    Apply {
+        #[command(flatten)]
+        docs: Docs,
+        #[command(flatten)]
+        etcd: etcd::Etcd,
+        /// Files or directories of documents.
+        #[arg(short = 'f', long = "file", required = true)]
+        paths: Vec<PathBuf>,
+        /// Write only if nothing under the prefix changed after this revision.
+        #[arg(long)]
+        expect_revision: Option<i64>,
+    },
+    /// List what is live in etcd: documents (default) or endpoint records (feature `etcd`).
+    Get {
+        #[command(flatten)]
+        etcd: etcd::Etcd,
+        /// What to list.
+        #[arg(value_enum, default_value = "documents")]
+        what: etcd::What,
+        /// Print each record's text too.
+        #[arg(long, short = 'o')]
+        full: bool,
     },
     /// A development certificate authority (development only: keys are written unencrypted).
     Ca {
@@ -145,6 +175,13 @@ fn main() -> ExitCode {
                 headers: &headers,
             })
         }),
+        Command::Apply {
+            docs,
+            etcd,
+            paths,
+            expect_revision,
+        } => etcd::apply(&docs, &etcd, &paths, expect_revision),
+        Command::Get { etcd, what, full } => etcd::get(&etcd, what, full),
         Command::Ca { command } => ca::run(command).map(Outcome::Ok),
     };
     match result {

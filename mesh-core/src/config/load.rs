@@ -37,7 +37,7 @@ const UNIMPLEMENTED_KINDS: [&str; 9] = [
 
 /// The files of `paths`: a file as given; a directory's `*.yaml`, `*.yml` and `*.json` files
 /// (not its subdirectories, nor hidden entries such as a ConfigMap's `..data`), by name.
-pub(crate) fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
+pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
     let mut out = Vec::new();
     for path in paths {
         let meta = std::fs::metadata(path)
@@ -93,17 +93,9 @@ pub(crate) fn convert_text(
             "the file is empty (no content but whitespace and comments): a half-written file is never applied; remove it if it is meant to be empty".into(),
         );
     }
-    let json = file.extension().is_some_and(|e| e == "json");
-    let values: Vec<Value> = if json {
-        match serde_json::from_str::<Value>(text) {
-            Ok(v) => vec![v],
-            Err(e) => return fail(problems, format!("invalid JSON: {e}")),
-        }
-    } else {
-        match serde_saphyr::from_multiple_with_options::<Value>(text, crate::yaml::options()) {
-            Ok(v) => v,
-            Err(e) => return fail(problems, format!("invalid YAML: {e}")),
-        }
+    let values = match parse(file, text) {
+        Ok(v) => v,
+        Err(reason) => return fail(problems, reason),
     };
     let mut index = 0usize;
     for v in values {
@@ -125,6 +117,96 @@ pub(crate) fn convert_text(
     if index == 0 {
         fail(problems, "the file holds no document".into());
     }
+}
+
+/// Parses a file's text into one value per document (JSON for `.json` files and texts that
+/// look like JSON, else multi-document YAML within [`crate::yaml`]'s budget).
+fn parse(file: &Path, text: &str) -> Result<Vec<Value>, String> {
+    let json = file.extension().is_some_and(|e| e == "json");
+    // A text that looks like JSON is read as JSON (much faster than YAML); a YAML flow
+    // mapping that is not JSON falls back to the YAML parser.
+    let json_like = !json && text.trim_start().starts_with('{');
+    if json {
+        return serde_json::from_str::<Value>(text)
+            .map(|v| vec![v])
+            .map_err(|e| format!("invalid JSON: {e}"));
+    }
+    if json_like {
+        if let Ok(v) = serde_json::from_str::<Value>(text) {
+            return Ok(vec![v]);
+        }
+    }
+    serde_saphyr::from_multiple_with_options::<Value>(text, crate::yaml::options())
+        .map_err(|e| format!("invalid YAML: {e}"))
+}
+
+/// One document of a file, as written, with what names it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawDocument {
+    /// `kind` (`VirtualService`).
+    pub kind: String,
+    /// `metadata.namespace`, or the namespace the file is read in.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// The whole document.
+    pub value: Value,
+}
+
+/// Splits a file's text into its documents (`---`-separated YAML, JSON, `kind: List`), each
+/// with its kind, namespace (`namespace` when the document names none) and name — what a
+/// store keeping one document per record (etcd) needs. Only the shape is checked here;
+/// validation is [`load`](super::load)'s.
+pub fn split_documents(
+    file: &Path,
+    text: &str,
+    namespace: &str,
+) -> Result<Vec<RawDocument>, ConfigError> {
+    let fail = |document: &str, field: &str, reason: String| {
+        ConfigError::error(file, document, field, reason)
+    };
+    if crate::yaml::is_blank(text) {
+        return Err(fail("", "", "the file is empty".into()));
+    }
+    let mut out = Vec::new();
+    for v in parse(file, text).map_err(|r| fail("", "", r))? {
+        let items = match v {
+            Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => m
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            Value::Null => Vec::new(),
+            v => vec![v],
+        };
+        for item in items {
+            let unnamed = format!("document {}", out.len() + 1);
+            let str_at = |path: &[&str]| {
+                let mut cur = &item;
+                for p in path {
+                    cur = cur.get(p)?;
+                }
+                cur.as_str().map(str::to_owned)
+            };
+            let kind = str_at(&["kind"])
+                .ok_or_else(|| fail(&unnamed, "kind", "a document needs a kind".into()))?;
+            let name = str_at(&["metadata", "name"])
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| fail(&unnamed, "metadata.name", "a document needs a name".into()))?;
+            let namespace =
+                str_at(&["metadata", "namespace"]).unwrap_or_else(|| namespace.to_owned());
+            out.push(RawDocument {
+                kind,
+                namespace,
+                name,
+                value: item,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(fail("", "", "the file holds no document".into()));
+    }
+    Ok(out)
 }
 
 fn document(

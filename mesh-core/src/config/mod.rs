@@ -105,6 +105,7 @@ mod tests;
 
 use std::{
     collections::BTreeMap,
+    fmt,
     path::{Path, PathBuf},
 };
 
@@ -118,8 +119,9 @@ pub use self::{
     error::{ConfigError, ConfigErrors, Severity},
     explain::{ExplainInput, Explanation, explain},
     host::Naming,
+    load::{RawDocument, files, split_documents},
     set::ConfigSet,
-    store::{ConfigStore, ConfigStoreStats},
+    store::{ConfigStore, ConfigStoreStats, WeakConfigStore},
 };
 
 /// The workload reading the configuration: selectors (`sourceLabels`, `selector`) and
@@ -218,6 +220,47 @@ pub fn load_texts(
 ) -> Result<ConfigSet, ConfigErrors> {
     let refs: Vec<(&Path, &str)> = texts.iter().map(|(n, t)| (Path::new(*n), *t)).collect();
     load_from(&refs, workload, options, &mut FileCache::default())
+}
+
+/// Loads document sets held in memory, again and again, converting only the texts that
+/// changed since the previous load: for a source that keeps one document per record (etcd).
+/// Every load is still validated whole.
+pub struct TextLoader {
+    workload: Workload,
+    options: LoadOptions,
+    cache: FileCache,
+}
+
+impl TextLoader {
+    /// A loader reading for `workload`.
+    pub fn new(workload: Workload, options: LoadOptions) -> Self {
+        Self {
+            workload,
+            options,
+            cache: FileCache::default(),
+        }
+    }
+
+    /// The workload the documents are read for.
+    pub fn workload(&self) -> &Workload {
+        &self.workload
+    }
+
+    /// Reads, validates and assembles `(name, text)` pairs (the name stands for the file in
+    /// errors; a text starting with `{` is read as JSON, anything else as YAML).
+    pub fn load(&mut self, texts: &[(&str, &str)]) -> Result<ConfigSet, ConfigErrors> {
+        let refs: Vec<(&Path, &str)> = texts.iter().map(|(n, t)| (Path::new(*n), *t)).collect();
+        load_from(&refs, &self.workload, &self.options, &mut self.cache)
+    }
+}
+
+impl fmt::Debug for TextLoader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TextLoader")
+            .field("workload", &self.workload)
+            .field("cached", &self.cache.files.len())
+            .finish()
+    }
 }
 
 fn load_from(

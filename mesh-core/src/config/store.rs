@@ -35,6 +35,10 @@ pub struct ConfigStore {
 
 struct Inner {
     paths: Vec<PathBuf>,
+    /// Where a store fed from elsewhere reads from (`etcd://…`), for the debug snapshot.
+    origin: Option<String>,
+    /// The connection of a remote source feeding the store.
+    remote: Mutex<Option<crate::telemetry::RemoteState>>,
     workload: Workload,
     options: LoadOptions,
     current: ArcSwap<ConfigSet>,
@@ -47,6 +51,26 @@ struct Inner {
     listeners: Mutex<Vec<Listener>>,
     /// The files' conversions: a reload converts again only the files that changed.
     cache: Mutex<super::FileCache>,
+    /// Things that live as long as the store (a remote source's watch task).
+    kept: Mutex<Vec<Box<dyn std::any::Any + Send + Sync>>>,
+}
+
+/// A [`ConfigStore`] that does not keep it alive: what a source feeding the store holds, so
+/// that it stops when the store's last user drops it.
+#[derive(Clone)]
+pub struct WeakConfigStore(std::sync::Weak<Inner>);
+
+impl WeakConfigStore {
+    /// The store, if anyone still holds it.
+    pub fn upgrade(&self) -> Option<ConfigStore> {
+        self.0.upgrade().map(|inner| ConfigStore { inner })
+    }
+}
+
+impl fmt::Debug for WeakConfigStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WeakConfigStore")
+    }
 }
 
 /// A function told of every new set; `false` removes it.
@@ -89,7 +113,7 @@ impl ConfigStore {
     ) -> Result<Self, ConfigErrors> {
         let mut cache = super::FileCache::default();
         let set = super::load_cached(&paths, &workload, &options, &mut cache)?;
-        let store = Self::new(set, paths, workload, options);
+        let store = Self::new(set, paths, None, workload, options);
         *store.inner.cache.lock().unwrap_or_else(|e| e.into_inner()) = cache;
         store.watch();
         tracing::info!(
@@ -104,14 +128,37 @@ impl ConfigStore {
     /// another source, which calls [`replace`](Self::replace)).
     pub fn fixed(set: ConfigSet) -> Self {
         let workload = set.workload().clone();
-        Self::new(set, Vec::new(), workload, LoadOptions::default())
+        Self::new(set, Vec::new(), None, workload, LoadOptions::default())
     }
 
-    fn new(set: ConfigSet, paths: Vec<PathBuf>, workload: Workload, options: LoadOptions) -> Self {
+    /// A store fed by a source outside the file system (`origin`, e.g.
+    /// `etcd://127.0.0.1:2379/mesh/config/`), which validates every change whole and calls
+    /// [`replace`](Self::replace) or [`reject`](Self::reject), and reports its connection with
+    /// [`set_remote_state`](Self::set_remote_state).
+    pub fn remote(set: ConfigSet, origin: impl Into<String>) -> Self {
+        let workload = set.workload().clone();
+        Self::new(
+            set,
+            Vec::new(),
+            Some(origin.into()),
+            workload,
+            LoadOptions::default(),
+        )
+    }
+
+    fn new(
+        set: ConfigSet,
+        paths: Vec<PathBuf>,
+        origin: Option<String>,
+        workload: Workload,
+        options: LoadOptions,
+    ) -> Self {
         let (changed, _) = watch::channel(1);
         Self {
             inner: Arc::new(Inner {
                 paths,
+                origin,
+                remote: Mutex::new(None),
                 workload,
                 options,
                 current: ArcSwap::from_pointee(set),
@@ -121,6 +168,7 @@ impl ConfigStore {
                 watcher: Mutex::new(None),
                 listeners: Mutex::new(Vec::new()),
                 cache: Mutex::new(super::FileCache::default()),
+                kept: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -153,6 +201,49 @@ impl ConfigStore {
     /// The files and directories read.
     pub fn paths(&self) -> &[PathBuf] {
         &self.inner.paths
+    }
+
+    /// Where the documents come from: the paths, or a remote store's origin.
+    pub fn origin(&self) -> String {
+        match &self.inner.origin {
+            Some(o) => o.clone(),
+            None => self
+                .inner
+                .paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+
+    /// A handle that does not keep the store alive.
+    pub fn downgrade(&self) -> WeakConfigStore {
+        WeakConfigStore(Arc::downgrade(&self.inner))
+    }
+
+    /// Keeps `value` alive as long as the store (a remote source's task guard, which stops the
+    /// task when dropped).
+    pub fn keep(&self, value: impl std::any::Any + Send + Sync) {
+        self.inner
+            .kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(value));
+    }
+
+    /// Records the connection state of the remote source feeding this store.
+    pub fn set_remote_state(&self, state: crate::telemetry::RemoteState) {
+        *self.inner.remote.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
+    }
+
+    /// The connection state of the remote source feeding this store, if any.
+    pub fn remote_state(&self) -> Option<crate::telemetry::RemoteState> {
+        self.inner
+            .remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Notified with the new generation after every swap.
@@ -302,7 +393,7 @@ fn settle(store: &ConfigStore) {
 impl fmt::Debug for ConfigStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConfigStore")
-            .field("paths", &self.inner.paths)
+            .field("origin", &self.origin())
             .field("version", &self.version())
             .field("generation", &self.generation())
             .finish_non_exhaustive()

@@ -242,6 +242,34 @@ impl EndpointSource for FileSource {
     }
 }
 
+impl super::Registry for FileSource {
+    fn services(&self) -> Vec<ServiceName> {
+        FileSource::services(self)
+    }
+
+    fn status(&self) -> crate::telemetry::ConfigSourceSnapshot {
+        crate::telemetry::ConfigSourceSnapshot {
+            digest: None,
+            kind: "endpoints-file",
+            path: self.path().display().to_string(),
+            version: self.reloads() + 1,
+            rejections: self.rejections(),
+            last_error: self.last_error().map(|e| e.to_string()),
+            recent_errors: self
+                .recent_errors()
+                .into_iter()
+                .map(|(at, e)| crate::telemetry::ConfigError {
+                    at_unix_secs: at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    error: e.to_string(),
+                })
+                .collect(),
+            remote: None,
+        }
+    }
+}
+
 impl fmt::Debug for FileSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FileSource")

@@ -9,6 +9,9 @@
 //! - [`DnsSource`]: A/AAAA (`host:port`) or SRV names through hickory-resolver, re-resolved at the
 //!   record TTL within min/max clamps.
 //!
+//! A [`Registry`] is a source that lists its services itself (the endpoints file; etcd, in the
+//! `mesh-etcd` crate): a mesh asks it for every name it holds.
+//!
 //! [`health::health_checked`] filters any subscription down to the endpoints passing active
 //! health checks.
 //!
@@ -31,6 +34,7 @@
 mod dns;
 mod file;
 pub mod health;
+mod registry;
 mod stream;
 
 use std::{fmt, path::PathBuf, sync::Arc};
@@ -40,6 +44,7 @@ use tokio::sync::watch;
 pub use self::{
     dns::{DnsOptions, DnsResolver, DnsSource},
     file::{FileFormatError, FileSource, RECENT_ERRORS},
+    registry::{Announcement, Registry},
     stream::EndpointStream,
 };
 use crate::{

@@ -10,7 +10,7 @@ use super::{DnsFallback, Entry, Inner, Mesh, ServiceConfig, join};
 use crate::{
     ServiceName,
     config::{ConfigErrors, ConfigStore, LoadOptions, Workload},
-    discover::{DiscoveryError, DnsOptions, DnsResolver, EndpointSource, FileSource},
+    discover::{DiscoveryError, DnsOptions, DnsResolver, EndpointSource, FileSource, Registry},
     name::NameError,
     policy_error::PolicyError,
 };
@@ -19,6 +19,7 @@ use crate::{
 pub struct MeshBuilder {
     services: Vec<(String, Entry)>,
     files: Vec<(PathBuf, ServiceConfig)>,
+    registries: Vec<(Arc<dyn Registry>, ServiceConfig)>,
     defaults: ServiceConfig,
     dns: DnsFallback,
     workload: Workload,
@@ -32,6 +33,7 @@ impl Default for MeshBuilder {
         Self {
             services: Vec::new(),
             files: Vec::new(),
+            registries: Vec::new(),
             defaults: ServiceConfig::default(),
             dns: DnsFallback::System(DnsOptions::default(), Mutex::new(None)),
             workload: Workload::default(),
@@ -95,6 +97,13 @@ impl MeshBuilder {
     /// Serves every service listed in an endpoints file (see [`FileSource`]) with `config`.
     pub fn endpoints_file(mut self, path: impl Into<PathBuf>, config: ServiceConfig) -> Self {
         self.files.push((path.into(), config));
+        self
+    }
+
+    /// Serves every service `registry` lists (an etcd registry, say) with `config`. Registries
+    /// are asked in the order they were added, after endpoints files.
+    pub fn registry(mut self, registry: impl Registry, config: ServiceConfig) -> Self {
+        self.registries.push((Arc::new(registry), config));
         self
     }
 
@@ -170,6 +179,9 @@ impl MeshBuilder {
         for (path, config) in &self.files {
             policy(&path.display().to_string(), config)?;
         }
+        for (registry, config) in &self.registries {
+            policy(&registry.status().path, config)?;
+        }
         let mut services = HashMap::new();
         for (name, entry) in self.services {
             policy(&name, &entry.config)?;
@@ -189,11 +201,15 @@ impl MeshBuilder {
                 }
             }
         }
-        let files = self
+        let mut registries = self
             .files
             .into_iter()
-            .map(|(path, config)| Ok((FileSource::open(path)?, config)))
+            .map(|(path, config)| {
+                let file: Arc<dyn Registry> = Arc::new(FileSource::open(path)?);
+                Ok((file, config))
+            })
             .collect::<Result<Vec<_>, DiscoveryError>>()?;
+        registries.extend(self.registries);
         let config = match (self.store, self.documents.is_empty()) {
             (Some(store), _) => Some(store),
             (None, false) => Some(ConfigStore::open(self.documents, self.workload, self.load)?),
@@ -203,7 +219,7 @@ impl MeshBuilder {
             inner: Arc::new(Inner {
                 services,
                 service_aliases,
-                files,
+                registries,
                 defaults: self.defaults,
                 dns: self.dns,
                 naming,

@@ -58,8 +58,8 @@ use crate::{
     ServiceName,
     config::{ConfigSet, ConfigStore, Naming},
     discover::{
-        DiscoveryError, DnsOptions, DnsResolver, DnsSource, EndpointSource, FileSource,
-        StaticSource, Subscription,
+        DiscoveryError, DnsOptions, DnsResolver, DnsSource, EndpointSource, Registry, StaticSource,
+        Subscription,
     },
     endpoint::Endpoint,
     name::NameError,
@@ -115,7 +115,8 @@ struct Inner {
     /// The cluster form of each service configured in code (`reviews.default:9080` →
     /// `reviews.default.svc.cluster.local:9080`), for requests that spell it so.
     service_aliases: HashMap<ServiceName, ServiceName>,
-    files: Vec<(FileSource, ServiceConfig)>,
+    /// Registries (endpoints files, etcd) and the policies of the services they list.
+    registries: Vec<(Arc<dyn Registry>, ServiceConfig)>,
     defaults: ServiceConfig,
     dns: DnsFallback,
     naming: Naming,
@@ -192,12 +193,14 @@ impl Mesh {
         if let Some(config) = config.filter(|c| c.knows_host(name.host())) {
             return self.documented(name, config).map(Some);
         }
-        Ok(self.in_file(name).map(|(file, own, config)| Destination {
-            subscription: file.subscribe(&own),
-            config,
-            name: own,
-            on_demand: false,
-        }))
+        Ok(self
+            .in_registry(name)
+            .map(|(registry, own, config)| Destination {
+                subscription: registry.subscribe(&own),
+                config,
+                name: own,
+                on_demand: false,
+            }))
     }
 
     /// A host the Istio documents name: endpoints from its ServiceEntry, else from a service
@@ -237,9 +240,9 @@ impl Mesh {
                 });
             }
         }
-        if let Some((file, own, config)) = self.in_file(name) {
+        if let Some((registry, own, config)) = self.in_registry(name) {
             return Ok(Destination {
-                subscription: file.subscribe(&own),
+                subscription: registry.subscribe(&own),
                 config,
                 name: name.clone(),
                 on_demand: false,
@@ -253,14 +256,18 @@ impl Mesh {
         })
     }
 
-    /// The endpoints file listing `name` or one of its spellings, with the name it uses.
-    fn in_file(&self, name: &ServiceName) -> Option<(&FileSource, ServiceName, ServiceConfig)> {
+    /// The registry listing `name` or one of its spellings, with the name it uses; else the
+    /// first authoritative registry, under `name`.
+    fn in_registry(
+        &self,
+        name: &ServiceName,
+    ) -> Option<(&Arc<dyn Registry>, ServiceName, ServiceConfig)> {
         let naming = &self.inner.naming;
         let spellings: Vec<String> = std::iter::once(name.host().to_owned())
             .chain(naming.aliases(name.host()))
             .collect();
-        for (file, config) in &self.inner.files {
-            for listed in file.services() {
+        for (registry, config) in &self.inner.registries {
+            for listed in registry.services() {
                 if listed.port() != name.port() {
                     continue;
                 }
@@ -271,11 +278,20 @@ impl Mesh {
                         .first()
                         .is_some_and(|c| c == name.host())
                 {
-                    return Some((file, listed, config.clone()));
+                    return Some((registry, listed, config.clone()));
                 }
             }
         }
-        None
+        let is_ip = name
+            .host()
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok();
+        self.inner
+            .registries
+            .iter()
+            .find(|(r, _)| r.authoritative() && !is_ip)
+            .map(|(r, config)| (r, name.clone(), config.clone()))
     }
 
     /// The Istio configuration in force, when the mesh reads documents.
@@ -343,12 +359,7 @@ impl Mesh {
             let stats = store.stats();
             crate::telemetry::ConfigSourceSnapshot {
                 kind: "istio-documents",
-                path: store
-                    .paths()
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
+                path: store.origin(),
                 version: stats.generation,
                 digest: Some(stats.version),
                 rejections: stats.rejections,
@@ -361,29 +372,13 @@ impl Mesh {
                         error,
                     })
                     .collect(),
+                remote: store.remote_state(),
             }
         });
         self.inner
-            .files
+            .registries
             .iter()
-            .map(|(file, _)| crate::telemetry::ConfigSourceSnapshot {
-                digest: None,
-                kind: "endpoints-file",
-                path: file.path().display().to_string(),
-                version: file.reloads() + 1,
-                rejections: file.rejections(),
-                last_error: file.last_error().map(|e| e.to_string()),
-                recent_errors: file
-                    .recent_errors()
-                    .into_iter()
-                    .map(|(at, e)| crate::telemetry::ConfigError {
-                        at_unix_secs: at
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_secs()),
-                        error: e.to_string(),
-                    })
-                    .collect(),
-            })
+            .map(|(registry, _)| registry.status())
             .chain(documents)
             .collect()
     }
@@ -406,12 +401,12 @@ impl fmt::Debug for Mesh {
         f.debug_struct("Mesh")
             .field("services", &self.configured_services())
             .field(
-                "files",
+                "registries",
                 &self
                     .inner
-                    .files
+                    .registries
                     .iter()
-                    .map(|(f, _)| f.path())
+                    .map(|(r, _)| r.status().path)
                     .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()

@@ -71,7 +71,7 @@ pub use self::{
     server::{CallerCount, CallerMetrics, Decision, InboundSnapshot, MAX_CALLERS, ServerMetrics},
     snapshot::{
         ConfigError, ConfigSourceSnapshot, DestinationSnapshot, DestinationSource,
-        DiscoverySnapshot, Snapshot, UnroutableCount,
+        DiscoverySnapshot, RemoteState, Snapshot, UnroutableCount,
     },
     unroutable::Unroutable,
 };

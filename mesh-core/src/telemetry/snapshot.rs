@@ -171,6 +171,29 @@ pub struct ConfigSourceSnapshot {
     pub last_error: Option<String>,
     /// The latest rejections (up to eight), oldest first, even after a good reload.
     pub recent_errors: Vec<ConfigError>,
+    /// For a source read over the network (etcd): its connection and position.
+    pub remote: Option<RemoteState>,
+}
+
+/// The connection of a configuration or discovery source read over the network (etcd). While
+/// it is down the source keeps its last good state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RemoteState {
+    /// Whether the watch is established now.
+    pub connected: bool,
+    /// The store's revision of the state in force (etcd's revision: the live version).
+    pub revision: i64,
+    /// Times the watch was lost and re-established (or is being re-established).
+    pub reconnects: u64,
+    /// Full re-reads (the first list, and after a compaction passed the watch's revision).
+    pub relists: u64,
+    /// Seconds since the connection was lost, while it is.
+    pub disconnected_secs: Option<u64>,
+    /// The latest connection error.
+    pub last_error: Option<String>,
+    /// Records skipped because they are not valid (garbage, half-written), each named in a
+    /// `warn` event.
+    pub skipped_records: u64,
 }
 
 /// One rejected configuration load.

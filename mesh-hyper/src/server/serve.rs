@@ -148,6 +148,19 @@ pub async fn serve_with_settings<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let announcements = settings.announcements.clone();
+    let shutdown = async move {
+        shutdown.await;
+        for a in &announcements {
+            tracing::info!(announcement = ?a, "shutting down: withdrawing the registration");
+            if tokio::time::timeout(super::settings::WITHDRAW_TIMEOUT, a.withdraw())
+                .await
+                .is_err()
+            {
+                tracing::warn!(announcement = ?a, "withdrawal timed out; the record expires with its lease");
+            }
+        }
+    };
     let settings = Arc::new(settings);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     // Tells connections to drain (and those still in their handshake to give up).

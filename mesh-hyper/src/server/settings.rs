@@ -1,6 +1,8 @@
 //! Limits of a server's connections: how long each stage may take and how much each may hold.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+
+use mesh_core::discover::Announcement;
 
 /// Most connections served at once: 10,000. Beyond it a new connection is closed as soon as it
 /// is accepted (clients see a reset and can try another endpoint) rather than left in the
@@ -59,7 +61,24 @@ pub struct ServerSettings {
     pub max_header_list_bytes: u32,
     /// See [`DEFAULT_HTTP2_MAX_PENDING_ACCEPT_RESETS`].
     pub http2_max_pending_accept_resets: usize,
+    /// Registry records withdrawn when the shutdown signal comes, before the connections
+    /// drain (see [`announce`](Self::announce)).
+    pub announcements: Vec<Arc<dyn Announcement>>,
 }
+
+impl ServerSettings {
+    /// Withdraws `announcement` (a registration of this server in a registry, e.g. etcd) when
+    /// the shutdown signal of [`serve_with_settings`](super::serve_with_settings) comes: the
+    /// server keeps accepting while the record is removed (at most
+    /// [`WITHDRAW_TIMEOUT`]), then drains, so clients move away before it stops.
+    pub fn announce(mut self, announcement: impl Announcement) -> Self {
+        self.announcements.push(Arc::new(announcement));
+        self
+    }
+}
+
+/// How long a shutdown waits for each announcement's withdrawal.
+pub const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -72,6 +91,7 @@ impl Default for ServerSettings {
             http2_max_concurrent_streams: DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
             max_header_list_bytes: DEFAULT_MAX_HEADER_LIST_BYTES,
             http2_max_pending_accept_resets: DEFAULT_HTTP2_MAX_PENDING_ACCEPT_RESETS,
+            announcements: Vec::new(),
         }
     }
 }
