@@ -61,3 +61,6 @@ pub use self::{
     register::Registration,
     registry::EtcdRegistry,
 };
+
+/// The etcd client this crate uses, for raw access (tests, tools).
+pub use etcd_client;
