@@ -214,7 +214,7 @@ async fn etcd_route_change_applied_live_under_load_by_two_clients() {
     let total = Arc::new(AtomicUsize::new(0));
     let first_v2: Arc<std::sync::Mutex<Option<Instant>>> = Default::default();
     let mut loads = Vec::new();
-    for c in clients.iter().cloned() {
+    for c in clients.clone() {
         let (stop, failures, total, first_v2) = (
             stop.clone(),
             failures.clone(),
