@@ -612,3 +612,26 @@ async fn etcd_killed_instance_vanishes_after_its_lease_ttl() {
     );
     assert!(gone <= Duration::from_secs(5), "{gone:?}");
 }
+
+#[tokio::test]
+async fn etcd_lost_lease_is_granted_again_and_the_record_rewritten() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let v1 = backend("v1").await;
+    let r = register(&etcd, &v1, 3).await;
+    let reg = registry(&etcd).await;
+    let lease = r.lease();
+    // The lease is revoked behind the registration's back (as if it had expired).
+    let mut raw = etcd.options().connect().await.unwrap();
+    raw.lease_revoke(lease).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), async || r.regrants() == 1).await);
+    assert_ne!(r.lease(), lease);
+    assert!(
+        eventually(Duration::from_secs(5), async || reg
+            .endpoints(&name())
+            .len()
+            == 1)
+        .await
+    );
+}

@@ -15,7 +15,7 @@ pub struct BackendStats {
     pub endpoints: Vec<EndpointStats>,
 }
 
-/// Connection settings of a [`MeshClient`], applied to every endpoint's pool.
+/// Connection settings of a [`MeshClient`](super::MeshClient), applied to every endpoint's pool.
 #[derive(Clone, Debug)]
 pub struct ClientSettings {
     /// Time allowed for a TCP connect, and again for the TLS handshake of mTLS endpoints.
@@ -47,7 +47,7 @@ pub struct ClientSettings {
     /// their connection pools and DNS refresh, within 1.5 times this; a later request builds
     /// them again (their `mesh_client_*` counters then start from zero). Configured services
     /// are kept, and so are destinations with requests waiting for their response head and
-    /// those held by a [`Target`] (or a gRPC channel): the idle time starts when they are not.
+    /// those held by a [`Target`](super::Target) (or a gRPC channel): the idle time starts when they are not.
     /// A response body still streaming when its destination is dropped completes normally.
     /// Default 60 s (the order of Linkerd's max idle age for outbound destinations); `None`:
     /// never.
