@@ -99,23 +99,27 @@ pub(crate) fn convert_text(
     };
     let mut index = 0usize;
     for v in values {
-        // `kubectl get -o yaml` writes a `List` of items.
-        let items = match &v {
-            Value::Object(m) if m.get("kind").and_then(Value::as_str) == Some("List") => m
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
-            Value::Null => Vec::new(),
-            _ => vec![v],
-        };
-        for item in items {
+        for item in items(v) {
             index += 1;
             document(file, index, item, workload, lenient, problems, out);
         }
     }
     if index == 0 {
         fail(problems, "the file holds no document".into());
+    }
+}
+
+/// The documents of one parsed value: a `List`'s items (`kubectl get -o yaml` writes one),
+/// nothing for an empty document, else the value itself.
+fn items(v: Value) -> Vec<Value> {
+    match v {
+        Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => m
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+        Value::Null => Vec::new(),
+        v => vec![v],
     }
 }
 
@@ -170,16 +174,7 @@ pub fn split_documents(
     }
     let mut out = Vec::new();
     for v in parse(file, text).map_err(|r| fail("", "", r))? {
-        let items = match v {
-            Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => m
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
-            Value::Null => Vec::new(),
-            v => vec![v],
-        };
-        for item in items {
+        for item in items(v) {
             let unnamed = format!("document {}", out.len() + 1);
             let str_at = |path: &[&str]| {
                 let mut cur = &item;
