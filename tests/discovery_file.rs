@@ -5,10 +5,10 @@ mod common;
 
 use std::{collections::HashSet, path::Path, time::Duration};
 
-use common::{Backend, backend, backend_of, eventually, get};
+use common::{Backend, backend, backend_of, eventually, get, round_robin};
 use mesh::{
     core::{
-        BalanceConfig, LbPolicy, Mesh, ServiceConfig,
+        Mesh, ServiceConfig,
         discover::{DiscoveryError, EndpointSource, FileSource},
         mesh::BuildError,
     },
@@ -50,19 +50,6 @@ async fn answered_by(
 
 /// Round robin, so that "every endpoint in the set answers within n requests" is certain
 /// (P2C at concurrency 1 rightly prefers the lower-latency endpoint).
-fn round_robin() -> ServiceConfig {
-    ServiceConfig {
-        destination: mesh::core::DestinationPolicy {
-            balance: BalanceConfig {
-                policy: LbPolicy::RoundRobin,
-                ..BalanceConfig::default()
-            },
-            ..Default::default()
-        },
-        ..ServiceConfig::default()
-    }
-}
-
 fn set(names: &[&str]) -> HashSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }

@@ -55,6 +55,10 @@ impl ServiceName {
             return Err(fail("host is empty"));
         }
         let port = match parsed.port() {
+            // `u16::from_str` (which the authority parser uses) takes a sign: "+80" is not a port.
+            Some(p) if !p.as_str().bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(fail("port must be decimal digits"));
+            }
             Some(p) => p.as_u16(),
             None if authority.ends_with(':') => return Err(fail("port is empty")),
             None => default_port,

@@ -57,7 +57,7 @@ pub use self::{
     config::open_config,
     error::EtcdError,
     options::{EtcdOptions, EtcdTls},
-    record::{EndpointRecord, RecordError, record_key},
+    record::{EndpointRecord, RecordError, parse_record, record_key},
     register::Registration,
     registry::EtcdRegistry,
 };

@@ -112,8 +112,9 @@ pub fn record_key(prefix: &str, service: &ServiceName, instance: &str) -> String
     format!("{prefix}{service}/{instance}")
 }
 
-/// Parses a record at `key` (under `prefix`): its service and endpoint.
-pub(crate) fn parse(
+/// Parses a record at `key` (under `prefix`) as the registry does: its service and endpoint,
+/// or what is wrong with the key or the value. Never panics, whatever the bytes.
+pub fn parse_record(
     prefix: &str,
     key: &str,
     value: &[u8],
@@ -150,7 +151,7 @@ mod tests {
 
     #[test]
     fn records_parse_and_garbage_is_named() {
-        let (svc, ep) = parse(
+        let (svc, ep) = parse_record(
             "/p/",
             "/p/reviews.default:9080/a",
             br#"{"address":"10.0.0.1","port":9080,"weight":2,"labels":{"version":"v1"}}"#,
@@ -183,7 +184,7 @@ mod tests {
                 br#"{"address":"10.0.0.1","port":1}"#,
             ),
         ] {
-            let err = parse("/p/", key, value).unwrap_err();
+            let err = parse_record("/p/", key, value).unwrap_err();
             assert!(err.to_string().contains(key), "{err}");
         }
     }
@@ -194,7 +195,7 @@ mod tests {
             .label("version", "v2")
             .weight(3);
         let json = serde_json::to_vec(&r).unwrap();
-        let (_, ep) = parse("/p/", "/p/a:1/x", &json).unwrap();
+        let (_, ep) = parse_record("/p/", "/p/a:1/x", &json).unwrap();
         assert_eq!(ep.weight, 3);
     }
 }

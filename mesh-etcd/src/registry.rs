@@ -169,7 +169,7 @@ impl Inner {
                 touched.push(service);
             }
             let Some(value) = value else { continue };
-            match record::parse(&self.prefix, &key, &value) {
+            match record::parse_record(&self.prefix, &key, &value) {
                 Ok((service, endpoint)) => {
                     s.services
                         .entry(service.clone())

@@ -21,7 +21,8 @@ pub static GRPC_TIMEOUT_HEADER: http::HeaderName = http::HeaderName::from_static
 const MAX_VALUE: u128 = 99_999_999;
 
 /// The header value for `timeout`: the finest unit whose value fits in 8 digits, rounded up to
-/// a whole unit (an error of at most one part in ten million).
+/// a whole unit. The value is then at least 99,999 units (or the timeout is exact), so the
+/// error is under one part in 100,000; timeouts over 99,999,999 hours are capped.
 pub fn encode(timeout: Duration) -> String {
     let nanos = timeout.as_nanos();
     let units: [(u128, char); 6] = [

@@ -201,3 +201,19 @@ pub fn trace() {
         .with_test_writer()
         .try_init();
 }
+
+/// A service config that balances round robin (the default policy otherwise: tests that count
+/// requests per backend need turns, not load-aware choices).
+pub fn round_robin() -> mesh::core::ServiceConfig {
+    use mesh::core::{BalanceConfig, DestinationPolicy, LbPolicy, ServiceConfig};
+    ServiceConfig {
+        destination: DestinationPolicy {
+            balance: BalanceConfig {
+                policy: LbPolicy::RoundRobin,
+                ..BalanceConfig::default()
+            },
+            ..Default::default()
+        },
+        ..ServiceConfig::default()
+    }
+}

@@ -45,6 +45,8 @@
 //! # }
 //! ```
 
+mod config;
+mod error;
 mod ewma;
 mod feed;
 mod future;
@@ -56,24 +58,19 @@ mod update;
 
 use std::{
     fmt,
-    net::SocketAddr,
     sync::{Arc, Weak},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 use tower::util::Oneshot;
 use tower_service::Service;
 
-use self::{
-    ewma::nanos_since,
-    future::{Call, InFlight},
-    table::{HashKey, Picker, Slot, Table},
-};
 pub use self::{
+    config::{BalanceConfig, DEFAULT_DISCOVERY_TIMEOUT, NewEndpoint},
+    error::{EndpointStats, NoEndpoints, NoEndpointsReason},
     feed::{EndpointFeed, Selector},
     future::ResponseFuture,
     policy::{
@@ -83,153 +80,17 @@ pub use self::{
     ring::DEFAULT_MIN_RING_SIZE,
     tried::TriedEndpoints,
 };
+use self::{
+    ewma::nanos_since,
+    future::{Call, InFlight},
+    table::{HashKey, Picker, Slot, Table},
+};
 use crate::{
     ServiceName,
     classify::{Classify, ErrorsFail},
-    discover::{DiscoveryError, Subscription},
-    endpoint::{Endpoint, Labels},
-    outlier::{HealthState, Outlier, OutlierDetection},
-    policy_error::PolicyError,
+    discover::Subscription,
+    outlier::{HealthState, Outlier},
 };
-
-/// How long a request waits for a service's discovery to answer for the first time (e.g. the
-/// first DNS lookup of a name): 5 s, the resolv.conf lookup `timeout` default.
-pub const DEFAULT_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Settings of one balancer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct BalanceConfig {
-    /// How endpoints are chosen.
-    pub policy: LbPolicy,
-    /// How long a request waits for an endpoint when discovery says there are none. Default 0:
-    /// fail fast with [`NoEndpoints`], so callers see the problem instead of a hang.
-    #[serde(with = "crate::duration::serde")]
-    pub wait_for_endpoints: Duration,
-    /// How long a request waits for discovery's first answer ([`DEFAULT_DISCOVERY_TIMEOUT`]).
-    #[serde(with = "crate::duration::serde")]
-    pub discovery_timeout: Duration,
-    /// Per-endpoint outlier ejection (on by default; `null` turns it off).
-    pub outlier_detection: Option<OutlierDetection>,
-}
-
-impl Default for BalanceConfig {
-    fn default() -> Self {
-        Self {
-            policy: LbPolicy::default(),
-            wait_for_endpoints: Duration::ZERO,
-            discovery_timeout: DEFAULT_DISCOVERY_TIMEOUT,
-            outlier_detection: Some(OutlierDetection::default()),
-        }
-    }
-}
-
-impl BalanceConfig {
-    /// Checks ranges; the error names the field.
-    pub fn validate(&self) -> Result<(), PolicyError> {
-        if let Some(od) = &self.outlier_detection {
-            od.validate().map_err(|e| e.within("outlierDetection"))?;
-        }
-        if let LbPolicy::RingHash { min_ring_size, .. }
-        | LbPolicy::ConsistentHash { min_ring_size, .. } = &self.policy
-        {
-            if *min_ring_size == 0 {
-                return Err(PolicyError::new("policy.minRingSize", "must be at least 1"));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Builds the service that talks to one endpoint (its connection pool, its TLS identity).
-/// Implemented for every `Fn(&Endpoint) -> S`.
-pub trait NewEndpoint<S>: Send + Sync + 'static {
-    /// A service for `endpoint`.
-    fn new_endpoint(&self, endpoint: &Endpoint) -> S;
-}
-
-impl<S, F> NewEndpoint<S> for F
-where
-    F: Fn(&Endpoint) -> S + Send + Sync + 'static,
-{
-    fn new_endpoint(&self, endpoint: &Endpoint) -> S {
-        self(endpoint)
-    }
-}
-
-/// Why a request found no endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NoEndpointsReason {
-    /// Discovery answered with an empty set.
-    Empty,
-    /// Discovery has not answered yet.
-    Unresolved,
-    /// Discovery failed (before ever finding endpoints, or after they were all removed).
-    Discovery(DiscoveryError),
-    /// Discovery lists this many endpoints, and every one fails its active health checks.
-    Unhealthy(usize),
-}
-
-/// No endpoint is available for a service: the request was not sent.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct NoEndpoints {
-    /// The service.
-    pub service: ServiceName,
-    /// How long the request waited for one to appear.
-    pub waited: Duration,
-    /// Why there is none.
-    pub reason: NoEndpointsReason,
-}
-
-impl fmt::Display for NoEndpoints {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "no endpoints for service {:?}", self.service.as_str())?;
-        if !self.waited.is_zero() {
-            write!(f, " after waiting {}", crate::duration::format(self.waited))?;
-        }
-        match &self.reason {
-            NoEndpointsReason::Empty => write!(f, ": discovery lists none"),
-            NoEndpointsReason::Unhealthy(n) => {
-                write!(
-                    f,
-                    ": all {n} endpoints discovery lists fail their health checks"
-                )
-            }
-            NoEndpointsReason::Unresolved => write!(f, ": discovery has not answered"),
-            NoEndpointsReason::Discovery(e) => write!(f, ": {e}"),
-        }
-    }
-}
-
-/// What the balancer knows about one endpoint right now.
-#[derive(Clone, Debug, Serialize)]
-pub struct EndpointStats {
-    /// The endpoint's address.
-    pub addr: SocketAddr,
-    /// Its weight.
-    pub weight: u32,
-    /// Its labels.
-    pub labels: Labels,
-    /// Requests sent and not yet answered.
-    pub in_flight: usize,
-    /// The Peak-EWMA latency estimate (kept under every policy); `None` until it answers.
-    #[serde(with = "crate::duration::serde_opt")]
-    pub ewma_latency: Option<Duration>,
-    /// In rotation, ejected, or being probed.
-    pub health: HealthState,
-    /// For an ejected endpoint: time until its probe.
-    #[serde(with = "crate::duration::serde_opt")]
-    pub probe_in: Option<Duration>,
-    /// Successes and failures in the success-rate window.
-    pub window: (u64, u64),
-    /// Times it was ejected (first ejections and failed probes) since it joined the set.
-    pub ejections: u64,
-    /// Times a probe re-admitted it since it joined the set.
-    pub readmissions: u64,
-    /// Responses since it joined the set: (successes, endpoint failures), as outlier
-    /// detection classified them.
-    pub responses: (u64, u64),
-}
 
 /// A load balancer over one service's endpoints. See the [module docs](self).
 ///
