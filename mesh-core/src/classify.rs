@@ -69,6 +69,10 @@ pub enum FailureKind {
     Local,
     /// The request timed out; the server may have processed it.
     Timeout,
+    /// The connection closed or was reset after the request was sent and before any response
+    /// head arrived (a backend that crashed, or accepts and closes); the server may have
+    /// processed it. Envoy's `reset`: retried for idempotent requests.
+    Reset,
     /// The server answered with a failing HTTP status (5xx).
     Status(u16),
     /// The server answered with a gRPC status other than `OK` (the code, 1 to 16), in the
@@ -121,6 +125,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Timeout => f.write_str("timeout"),
             FailureKind::Status(s) => write!(f, "status {s}"),
             FailureKind::Grpc(c) => write!(f, "grpc-status {c}"),
+            FailureKind::Reset => f.write_str("connection reset before a response"),
             FailureKind::Other => f.write_str("request failure"),
         }
     }

@@ -113,3 +113,25 @@ impl Deadline {
         effective
     }
 }
+
+/// When the per-try timeout of one attempt fires: put on each attempt's request by the retry
+/// layer (only when the per-try timeout, not the request's deadline, bounds the attempt), read
+/// by the balancer. An attempt dropped unanswered at or after this instant timed out on its
+/// endpoint, which counts as that endpoint's failure for outlier detection, as Envoy counts a
+/// per-try timeout (a 504 it answers on the upstream's behalf); an attempt dropped earlier (the
+/// caller gave up, a hedge won) does not count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptTimeout(tokio::time::Instant);
+
+impl AttemptTimeout {
+    /// An attempt whose per-try timeout fires `limit` from now (tokio's clock, which the
+    /// timer uses).
+    pub fn after(limit: Duration) -> Self {
+        Self(tokio::time::Instant::now() + limit)
+    }
+
+    /// Whether the timeout has fired.
+    pub fn has_fired(&self) -> bool {
+        tokio::time::Instant::now() >= self.0
+    }
+}

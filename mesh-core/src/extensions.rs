@@ -7,6 +7,7 @@
 //! | extension | on | written by | read by |
 //! |---|---|---|---|
 //! | [`Deadline`] | request | the route's timeout (or inherited from the call being served) | retry (time left for another attempt), limit (how long to queue), the gRPC dialect (`grpc-timeout`) |
+//! | [`AttemptTimeout`] | request | retry, on each attempt its per-try timeout bounds | balancer (an attempt dropped unanswered past it is a timeout failure of its endpoint, for outlier detection and load) |
 //! | [`TriedEndpoints`] | request | retry, before an attempt that may need it | balancer (prefer endpoints not tried yet) |
 //! | [`ServedBy`] | response | the endpoint, on a failed response | retry (retry elsewhere), outlier detection |
 //! | [`LateOutcome`] | response | balancer and breaker, for an outcome known only at the end of the body | the protocol's response body (gRPC trailers) |
@@ -28,7 +29,7 @@ use std::sync::Arc;
 pub use crate::{
     balance::TriedEndpoints,
     classify::{LateOutcome, ServedBy},
-    deadline::Deadline,
+    deadline::{AttemptTimeout, Deadline},
     identity::PeerIdentity,
     telemetry::PendingStatus,
 };

@@ -15,7 +15,35 @@ use notify::{
 
 /// How long a burst of file events is left to settle before the callback runs: editors,
 /// `kubectl` ConfigMap updates and certificate managers write in several steps.
+/// The burst settles when no event came for this long.
 pub(crate) const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// How long a file that a writer still holds open (written, not yet closed) is waited for
+/// before it is read anyway: a writer that writes in pieces through one descriptor (`cat >`, a
+/// program writing as it goes) is read once, when it closes the file, never half-written.
+/// (Where the platform reports closes: Linux's inotify. Elsewhere only the debounce applies.)
+pub(crate) const MAX_WRITE_WAIT: Duration = Duration::from_secs(2);
+
+/// Follows which files a writer holds open: written (or created) and not yet closed.
+fn track(event: &notify::Event, writing: &mut HashSet<PathBuf>) {
+    use notify::event::{CreateKind, ModifyKind};
+    if !cfg!(any(target_os = "linux", target_os = "android")) {
+        return;
+    }
+    match event.kind {
+        EventKind::Modify(ModifyKind::Data(_)) | EventKind::Create(CreateKind::File) => {
+            writing.extend(event.paths.iter().cloned());
+        }
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Remove(_)
+        | EventKind::Modify(ModifyKind::Name(_)) => {
+            for p in &event.paths {
+                writing.remove(p);
+            }
+        }
+        _ => {}
+    }
+}
 
 /// Watches the directories of `paths` and calls `on_change` (on a dedicated thread) after a
 /// burst of changes to any of those files settles. Symlink swaps of Kubernetes volumes
@@ -74,22 +102,40 @@ pub(crate) fn watch_files(
         .name(thread_name.into())
         .spawn(move || {
             while let Ok(event) = rx.recv() {
-                match event {
-                    Ok(e) if relevant(&e) => {}
+                let first = match event {
+                    Ok(e) if relevant(&e) => e,
                     Ok(_) => continue,
                     Err(e) => {
                         tracing::warn!(error = %e, "file watch error");
                         continue;
                     }
-                }
-                let until = Instant::now() + DEBOUNCE;
+                };
+                let started = Instant::now();
+                let bound = started + MAX_WRITE_WAIT;
+                let mut writing = HashSet::new();
+                track(&first, &mut writing);
+                let mut quiet_until = started + DEBOUNCE;
                 loop {
-                    let left = until.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(left) {
+                    // Wait for a quiet moment; while a writer still holds a file open, for its
+                    // close (up to the bound).
+                    let until = if writing.is_empty() {
+                        quiet_until
+                    } else {
+                        bound
+                    };
+                    match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                        Ok(Ok(e)) if relevant(&e) => {
+                            track(&e, &mut writing);
+                            quiet_until = (Instant::now() + DEBOUNCE).min(bound);
+                        }
                         Ok(_) => continue,
                         Err(mpsc::RecvTimeoutError::Timeout) => break,
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
+                }
+                if !writing.is_empty() {
+                    tracing::warn!(files = ?writing, waited = ?MAX_WRITE_WAIT,
+                        "files still open for writing; reading them anyway");
                 }
                 if !on_change() {
                     return;

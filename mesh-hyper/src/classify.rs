@@ -6,10 +6,11 @@
 //! |---|---|
 //! | status < 500 | success (a 4xx is the caller's problem, not the endpoint's) |
 //! | status ≥ 500 | `Failure(Status(code))` |
-//! | connect error (refused, unreachable, connect timeout) | `Failure(Connect)` — never reached the server |
+//! | connect error (refused, unreachable, connect timeout), or a connection that closed before the request could be written (hyper's `Canceled`) | `Failure(Connect)` — never reached the server |
 //! | the endpoint proved another SPIFFE identity | `Failure(Identity)` — never retried |
 //! | HTTP/2 `REFUSED_STREAM` | `Failure(Refused)` — never processed |
 //! | HTTP/2 `GOAWAY` (graceful) before the stream was processed | `Failure(Refused)` |
+//! | the connection closed or was reset before the response head (HTTP/1.1 message cut short, TCP reset, HTTP/2 connection lost or stream reset) | `Failure(Reset)` — retried for idempotent requests |
 //! | no endpoints | `Failure(NoEndpoints)` |
 //! | timeout (request or attempt) | `Failure(Timeout)` |
 //! | shed, rate limited, circuit open | `Failure(Local)` — refused before sending |
@@ -62,6 +63,9 @@ pub(crate) fn failure_kind(e: &Error) -> FailureKind {
         Error::IdentityMismatch { .. } => FailureKind::Identity,
         Error::NoEndpoints(_) => FailureKind::NoEndpoints,
         Error::Request { source, .. } if refused_stream(source) => FailureKind::Refused,
+        // hyper gave the request back unsent: the connection closed before it could be written.
+        Error::Request { source, .. } if canceled(source) => FailureKind::Connect,
+        Error::Request { source, .. } if reset(source) => FailureKind::Reset,
         Error::Request { .. } => FailureKind::Other,
         Error::TimedOut(_) => FailureKind::Timeout,
         Error::Overloaded(_)
@@ -75,6 +79,46 @@ pub(crate) fn failure_kind(e: &Error) -> FailureKind {
         | Error::Resolve(_)
         | Error::Policy { .. } => FailureKind::NoEndpoints,
     }
+}
+
+/// Whether hyper canceled the request before writing it ("connection was not ready": the
+/// connection closed as it was handed over).
+fn canceled(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return h.is_canceled();
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Whether the connection closed or was reset under the request before its response head: an
+/// HTTP/1.1 message cut short (hyper's "connection closed before message completed"), a TCP
+/// reset or broken pipe, or an HTTP/2 connection lost or stream reset by the peer (other than
+/// `REFUSED_STREAM`, which is [`refused_stream`]).
+fn reset(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() {
+                return true;
+            }
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_io() || (h2.is_reset() && h2.is_remote());
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            );
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Whether an HTTP/2 peer did not process the stream: it refused it (`REFUSED_STREAM`), or a

@@ -14,7 +14,8 @@ use tower_service::Service;
 
 use super::{Shared, table::Slot};
 use crate::{
-    classify::{Classify, LateOutcome, Report, ResponseClass},
+    classify::{Classify, FailureKind, LateOutcome, Report, ResponseClass},
+    deadline::AttemptTimeout,
     outlier::HealthState,
 };
 
@@ -27,10 +28,18 @@ pub(crate) struct InFlight<S> {
     decay_ns: f64,
     start: Instant,
     done: bool,
+    /// When the attempt's per-try timeout fires: dropped unanswered after it, the attempt
+    /// timed out on this endpoint.
+    attempt_timeout: Option<AttemptTimeout>,
 }
 
 impl<S> InFlight<S> {
-    pub(crate) fn new<T, C>(slot: Arc<Slot<S>>, shared: &Shared<T, C>, start: Instant) -> Self {
+    pub(crate) fn new<T, C>(
+        slot: Arc<Slot<S>>,
+        shared: &Shared<T, C>,
+        start: Instant,
+        attempt_timeout: Option<AttemptTimeout>,
+    ) -> Self {
         slot.load.start();
         Self {
             slot,
@@ -38,6 +47,7 @@ impl<S> InFlight<S> {
             decay_ns: shared.decay_ns,
             start,
             done: false,
+            attempt_timeout,
         }
     }
 
@@ -79,6 +89,12 @@ impl<S> InFlight<S> {
 
 impl<S> Drop for InFlight<S> {
     fn drop(&mut self) {
+        if !self.done && self.attempt_timeout.is_some_and(|t| t.has_fired()) {
+            // Dropped by its per-try timeout: the endpoint did not answer in time. Its latency
+            // (at least the timeout) feeds the load estimate too, so that P2C avoids it.
+            tracing::debug!(endpoint = %self.slot.endpoint.addr, "attempt timed out on the endpoint");
+            self.complete(ResponseClass::Failure(FailureKind::Timeout));
+        }
         self.slot.load.finish();
         if !self.done && self.slot.health.state() == HealthState::Probing {
             self.slot

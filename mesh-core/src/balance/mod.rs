@@ -88,6 +88,7 @@ use self::{
 use crate::{
     ServiceName,
     classify::{Classify, ErrorsFail},
+    deadline::AttemptTimeout,
     discover::Subscription,
     outlier::{HealthState, Outlier},
 };
@@ -388,6 +389,7 @@ fn dispatch<S, C, Req>(
     slot: &Arc<Slot<S>>,
     req: Req,
     start: Instant,
+    attempt_timeout: Option<AttemptTimeout>,
 ) -> ResponseFuture<S, Req, C>
 where
     S: Service<Req> + Clone,
@@ -398,7 +400,7 @@ where
         tracing::Span::current().record("endpoint", tracing::field::display(slot.endpoint.addr));
         tracing::debug!(service = %shared.service, endpoint = %slot.endpoint.addr, "endpoint selected");
     }
-    let in_flight = InFlight::new(slot.clone(), shared, start);
+    let in_flight = InFlight::new(slot.clone(), shared, start, attempt_timeout);
     // Endpoint services are usually always ready (hyper-util's client is): check without
     // parking and call at once, so the future holds the call's future rather than the request.
     let mut svc = slot.service.clone();
@@ -447,8 +449,9 @@ impl<S, C> Balancer<S, C> {
         let shared = &self.shared;
         let table = shared.table.load();
         let now = nanos_since(shared.epoch, start);
+        let attempt_timeout = req.extensions().get::<AttemptTimeout>().copied();
         if let Some(slot) = shared.pick(&table, &req, now) {
-            return dispatch(shared, slot, req, start);
+            return dispatch(shared, slot, req, start, attempt_timeout);
         }
         if shared.wait_bound(&table).is_zero() {
             return ResponseFuture::failed(shared.no_endpoints(&table, Duration::ZERO).into());
@@ -462,7 +465,7 @@ impl<S, C> Balancer<S, C> {
                 let table = shared.table.load_full();
                 let now = Instant::now();
                 if let Some(slot) = shared.pick(&table, &req, nanos_since(shared.epoch, now)) {
-                    return dispatch(&shared, slot, req, now).await;
+                    return dispatch(&shared, slot, req, now, attempt_timeout).await;
                 }
                 let deadline = start + shared.wait_bound(&table);
                 if now >= deadline {

@@ -1,7 +1,7 @@
 //! The retry loop and its decisions: classify an attempt, retry or stop, and say why.
 
 use super::{
-    future::{Ctx, RetrySlot, call, with_per_try_timeout},
+    future::{Ctx, RetrySlot, call, mark_attempt, with_per_try_timeout},
     *,
 };
 
@@ -86,7 +86,7 @@ where
         if let Some(addr) = shared.classifier.endpoint(last.as_ref()) {
             ctx.tried.record(addr);
         }
-        let Some(req) = ctx.again() else {
+        let Some(mut req) = ctx.again() else {
             note_stop(&shared, Stop::NotReplayable, kind, next);
             return last;
         };
@@ -99,6 +99,7 @@ where
             tokio::time::sleep(wait).await;
         }
         let started = Instant::now();
+        mark_attempt(&shared, ctx.deadline, &mut req);
         let (result, t) =
             with_per_try_timeout(&shared, ctx.deadline, call(&mut ctx.svc, req)).await;
         drop(slot);
@@ -169,6 +170,7 @@ pub(super) fn decide_kind<C>(
         FailureKind::Connect => on.connect_failure,
         FailureKind::Refused => on.refused_stream,
         FailureKind::Timeout => timed_out && on.per_try_timeout && idempotent,
+        FailureKind::Reset => on.reset && idempotent,
         FailureKind::Status(s) => idempotent && on.statuses.contains(&s),
         // gRPC calls are all POSTs; as in gRPC's own retry design, the codes listed are the
         // ones the service owner declares safe to retry, whatever the method.

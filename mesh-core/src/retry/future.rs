@@ -4,6 +4,7 @@ use super::{
     attempts::{Stop, classify, decide, decide_kind, finish_or_retry, note_stop, retry_loop},
     *,
 };
+use crate::deadline::AttemptTimeout;
 
 /// Sends the first attempt of a request on `svc` (ready: mesh's layers always are).
 pub(super) fn start<S, C, B>(
@@ -92,12 +93,16 @@ where
                 ResponseFuture::slow(fut)
             }
             Ok(mut ctx) => {
+                let mut req = req;
+                mark_attempt(&shared, deadline, &mut req);
                 let fut = ctx.svc.call(req);
                 let timer = per_try_timer(&shared, deadline);
                 ResponseFuture::first(shared, fut, Some(ctx), timer, now)
             }
             // Not replayable (too big): sent once.
             Err(mut svc) => {
+                let mut req = req;
+                mark_attempt(&shared, deadline, &mut req);
                 let fut = svc.call(req);
                 let timer = per_try_timer(&shared, deadline);
                 ResponseFuture::first(shared, fut, None, timer, now).unreplayable(idempotent)
@@ -136,6 +141,18 @@ pub(super) fn per_try_limit<C>(shared: &Shared<C>, deadline: Option<Deadline>) -
     match deadline {
         Some(d) if d.remaining() <= per_try => None,
         _ => Some(per_try),
+    }
+}
+
+/// Marks an attempt with the instant its per-try timeout fires, when one applies (see
+/// [`AttemptTimeout`]).
+pub(super) fn mark_attempt<C, B>(
+    shared: &Shared<C>,
+    deadline: Option<Deadline>,
+    req: &mut http::Request<B>,
+) {
+    if let Some(limit) = per_try_limit(shared, deadline) {
+        req.extensions_mut().insert(AttemptTimeout::after(limit));
     }
 }
 
@@ -388,6 +405,9 @@ where
     if let Err(e) = ctx.svc.ready().await {
         return (Err(e), false);
     }
+    let mut req = req;
+    mark_attempt(shared, ctx.deadline, &mut req);
+    let attempt_timeout = req.extensions().get::<AttemptTimeout>().copied();
     let first = Box::pin(ctx.svc.call(req));
     let Some(delay) = delay else {
         return with_per_try_timeout(shared, ctx.deadline, first).await;
@@ -408,9 +428,13 @@ where
             tracing::debug!(service = %shared.service, "not hedged: retry budget exhausted");
             return first.await;
         }
-        let Some(again) = ctx.again() else {
+        let Some(mut again) = ctx.again() else {
             return first.await;
         };
+        // The race has one per-try timer: the hedge times out with the first attempt.
+        if let Some(t) = attempt_timeout {
+            again.extensions_mut().insert(t);
+        }
         if ctx.svc.ready().await.is_err() {
             return first.await;
         }

@@ -9,7 +9,8 @@
 //! | connect failure, HTTP/2 `REFUSED_STREAM` / `GOAWAY` before processing | every method: the server never saw the request |
 //! | a status in `retryOn.statuses` (default 502, 503, 504) | idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), others only with `retryNonIdempotent` |
 //! | the per-try timeout | idempotent methods, likewise |
-//! | anything else (resets after the request was sent, local shedding, no endpoints) | never |
+//! | the connection closed or reset before the response head (`reset`) | idempotent methods, likewise |
+//! | anything else (a failure once the response streams, local shedding, no endpoints) | never |
 //!
 //! Each retry must also find: the body still replayable (bodies up to `maxReplayBytes`, 64 KiB
 //! by default, are recorded while sent — see [`ReplayBody`]; bigger ones are sent once), time
@@ -381,3 +382,6 @@ where
         start(&self.shared, self.inner.clone(), req)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -150,6 +150,9 @@ pub struct RetryOn {
     pub refused_stream: bool,
     /// The per-try timeout fired.
     pub per_try_timeout: bool,
+    /// The connection closed or was reset before a response head (idempotent requests only,
+    /// unless `retryNonIdempotent`): Envoy's `reset`, part of its `5xx`.
+    pub reset: bool,
 }
 
 impl Default for RetryOn {
@@ -160,6 +163,7 @@ impl Default for RetryOn {
             connect_failure: true,
             refused_stream: true,
             per_try_timeout: true,
+            reset: true,
         }
     }
 }

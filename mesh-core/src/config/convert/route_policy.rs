@@ -82,6 +82,7 @@ fn retry_on(cx: &mut Ctx<'_>, at: &str, text: &str) -> Option<RetryOn> {
         connect_failure: false,
         refused_stream: false,
         per_try_timeout: false,
+        reset: false,
     };
     let mut ok = true;
     // Istio's validation splits on ',' without trimming ("5xx, reset" is rejected); its
@@ -94,6 +95,7 @@ fn retry_on(cx: &mut Ctx<'_>, at: &str, text: &str) -> Option<RetryOn> {
                 on.connect_failure = true;
                 on.refused_stream = true;
                 on.per_try_timeout = true;
+                on.reset = true;
             }
             "gateway-error" => {
                 add(502..=504);
@@ -102,6 +104,10 @@ fn retry_on(cx: &mut Ctx<'_>, at: &str, text: &str) -> Option<RetryOn> {
             "retriable-4xx" => add(409..=409),
             "connect-failure" => on.connect_failure = true,
             "refused-stream" => on.refused_stream = true,
+            "reset" => {
+                on.reset = true;
+                on.per_try_timeout = true;
+            }
             "reset-before-request" => {
                 on.connect_failure = true;
                 on.refused_stream = true;
@@ -113,7 +119,7 @@ fn retry_on(cx: &mut Ctx<'_>, at: &str, text: &str) -> Option<RetryOn> {
             "internal" => on.grpc_statuses.push(13),
             "resource-exhausted" => on.grpc_statuses.push(8),
             "unavailable" => on.grpc_statuses.push(14),
-            "reset" | "retriable-headers" | "envoy-ratelimited" | "http3-post-connect-failure" => {
+            "retriable-headers" | "envoy-ratelimited" | "http3-post-connect-failure" => {
                 cx.p.unimplemented(at, &format!("retryOn token {token:?}"));
             }
             "" => {
@@ -126,7 +132,7 @@ fn retry_on(cx: &mut Ctx<'_>, at: &str, text: &str) -> Option<RetryOn> {
                     cx.p.error(
                         at,
                         format!(
-                            "{other:?} is not a retry condition: use 5xx, gateway-error, connect-failure, refused-stream, reset-before-request, retriable-4xx, retriable-status-codes, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, or an HTTP status"
+                            "{other:?} is not a retry condition: use 5xx, gateway-error, reset, connect-failure, refused-stream, reset-before-request, retriable-4xx, retriable-status-codes, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, or an HTTP status"
                         ),
                     );
                     ok = false;
