@@ -372,3 +372,40 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     );
     server.abort();
 }
+
+#[tokio::test]
+async fn oversize_http2_request_headers_are_refused_once_not_retried() {
+    // Over the server's 16 KiB header list limit (DEFAULT_MAX_HEADER_LIST_BYTES): h2 answers
+    // 431 and resets the stream with REFUSED_STREAM, which must not read as "never processed,
+    // retry anywhere" (the same request is refused everywhere). Far over it: the server closes
+    // the connection (GOAWAY ENHANCE_YOUR_CALM), a typed error, not retried either.
+    let g = gated(Acceptor::plaintext()).await;
+    let c = client(g.addr, Protocol::Http2);
+    for (size, expect_431) in [(20_000, true), (100_000, false)] {
+        let mut req = get("http://orders.test:8080/");
+        req.headers_mut()
+            .insert("x-big", "a".repeat(size).parse().unwrap());
+        let before = c
+            .stats(&SVC.parse().unwrap())
+            .map(|s| s.retries)
+            .unwrap_or_default();
+        let r = c.request(req).await;
+        let after = c.stats(&SVC.parse().unwrap()).unwrap().retries;
+        match r {
+            Ok(rsp) => assert!(
+                expect_431 && rsp.status() == 431,
+                "{size}: {}",
+                rsp.status()
+            ),
+            Err(e) => assert!(!expect_431, "{size}: {e}"),
+        }
+        assert_eq!(
+            after.retries, before.retries,
+            "{size} bytes of headers were retried"
+        );
+        // The client still serves normal requests (on a new connection if it had to).
+        let ok = c.request(get("http://orders.test:8080/")).await.unwrap();
+        assert_eq!(ok.status(), 200);
+    }
+    g.stop.notify_one();
+}
