@@ -111,14 +111,17 @@ impl EtcdOptions {
         self
     }
 
-    /// The endpoints, joined, for logs and the debug snapshot (`etcd://a:2379,b:2379`).
+    /// The endpoints, joined, for logs and the debug snapshot (`etcd://a:2379,b:2379`, or
+    /// `etcds://…` over TLS); never the password.
     pub fn display(&self) -> String {
+        let tls = self.tls.is_some() || self.endpoints.iter().any(|e| e.starts_with("https://"));
         let hosts: Vec<&str> = self
             .endpoints
             .iter()
             .map(|e| e.split_once("://").map_or(e.as_str(), |(_, h)| h))
             .collect();
-        format!("etcd://{}", hosts.join(","))
+        let scheme = if tls { "etcds" } else { "etcd" };
+        format!("{scheme}://{}", hosts.join(","))
     }
 
     /// Connects (authenticating when a user is set). The channel reconnects by itself

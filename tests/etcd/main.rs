@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod lifecycle;
+mod outage;
 mod server;
 
 use std::{

@@ -3,17 +3,20 @@
 
 use std::{
     net::TcpListener,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use mesh::etcd::EtcdOptions;
+use mesh::etcd::{EtcdOptions, EtcdTls};
 
 pub struct Etcd {
     pub dir: tempfile::TempDir,
     pub client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    /// Server certificate, key and the CA bundle clients trust, when it serves TLS.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 fn free_port() -> u16 {
@@ -27,6 +30,15 @@ fn free_port() -> u16 {
 impl Etcd {
     /// Starts etcd; `None` (with a message) when the binary is missing outside CI.
     pub async fn start() -> Option<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Starts etcd serving TLS to clients with this certificate, key and CA bundle.
+    pub async fn start_tls(cert: PathBuf, key: PathBuf, ca: PathBuf) -> Option<Self> {
+        Self::start_with(Some((cert, key, ca))).await
+    }
+
+    async fn start_with(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Option<Self> {
         if Command::new("etcd").arg("--version").output().is_err() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -40,17 +52,47 @@ impl Etcd {
             client_port: free_port(),
             peer_port: free_port(),
             child: None,
+            tls,
         };
         e.run().await;
         Some(e)
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
+    /// Options to reach it (over TLS, trusting its CA, when it serves TLS); with the root
+    /// user's password once [`enable_auth`](Self::enable_auth) ran.
     pub fn options(&self) -> EtcdOptions {
-        EtcdOptions::new([self.url()])
+        let options = EtcdOptions::new([self.url()]);
+        let options = match &self.tls {
+            Some((_, _, ca)) => options.with_tls(EtcdTls {
+                ca: ca.clone(),
+                client: None,
+                domain: Some("localhost".into()),
+            }),
+            None => options,
+        };
+        match &self.root_password() {
+            Some(p) => options.with_user("root", p),
+            None => options,
+        }
+    }
+
+    fn root_password(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("root-password")).ok()
+    }
+
+    /// Turns on etcd's authentication with a root user; [`options`](Self::options) then logs
+    /// in as root.
+    pub async fn enable_auth(&self, password: &str) {
+        let mut c = self.options().connect().await.unwrap();
+        c.user_add("root", password, None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.auth_enable().await.unwrap();
+        std::fs::write(self.dir.path().join("root-password"), password).unwrap();
     }
 
     async fn run(&mut self) {
@@ -73,6 +115,14 @@ impl Etcd {
             ])
             .args(["--initial-cluster", &format!("t={peer}")])
             .args(["--log-level", "error", "--logger", "zap"])
+            .args(self.tls.iter().flat_map(|(cert, key, _)| {
+                [
+                    "--cert-file".into(),
+                    cert.as_os_str().to_owned(),
+                    "--key-file".into(),
+                    key.as_os_str().to_owned(),
+                ]
+            }))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -108,5 +158,63 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A TCP proxy in front of etcd that the test can cut: cut, it closes the connections it
+/// carries and every new one at once, as a network partition looks to a client whose
+/// reconnects fail; restored, it carries connections again.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(to: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, cs) = (cut.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let t = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                cs.lock().unwrap().push(t.abort_handle());
+            }
+        });
+        Proxy {
+            addr,
+            cut,
+            conns,
+            task,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut();
     }
 }
