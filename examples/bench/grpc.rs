@@ -42,6 +42,7 @@ impl Reviews for Small {
                 reviewer: "bench".into(),
                 text: "fine".into(),
                 stars: 4,
+                color: String::new(),
             }],
             served_by: String::new(),
         }))

@@ -7,7 +7,9 @@
 //! | `grpc-status: N` (N ≠ 0) in the response headers (trailers-only response) | `Failure(Grpc(N))`, final |
 //! | HTTP 200 without `grpc-status` (a normal response: the status comes in the trailers) | success *for now*: a [`LateOutcome`] (the balancer's and the breaker's, joined) is handed to the response body, which reports the trailers' status to outlier ejection and the service breaker |
 //! | another HTTP status | `Failure(Grpc(code))` with gRPC's HTTP-to-gRPC mapping (503 → `UNAVAILABLE`) |
-//! | transport errors | as mesh-hyper classifies them (connect failure, refused stream, ...) |
+//! | the connection closed or reset before the response head | `Failure(Grpc(14))`: `UNAVAILABLE`, as gRPC clients report a lost transport, so that gRPC's retry policy (`UNAVAILABLE` by default) retries it |
+//! | the per-try timeout fired | `Failure(Grpc(4))`: `DEADLINE_EXCEEDED`, retried when the policy lists it (`retryOn: deadline-exceeded`; gRPC calls are POSTs, so the idempotent-only per-try rule of HTTP does not apply) |
+//! | other transport errors | as mesh-hyper classifies them (connect failure, refused stream, ...) |
 //!
 //! Retries decide on the response head, as gRPC's retry design does: once response headers
 //! (or a message) have arrived, the call is committed. Which `Grpc(N)` failures count against
@@ -26,6 +28,7 @@ use mesh_core::{
     deadline::Deadline,
     discover::health::{CheckKind, HealthProbe},
     telemetry::StatusKey,
+    timeout::TimeoutKind,
 };
 use mesh_hyper::{
     Error, HttpClassifier,
@@ -38,6 +41,11 @@ use crate::{
     status::{GRPC_STATUS, code_from_http, grpc_status_of},
 };
 
+/// gRPC's `UNAVAILABLE`.
+const UNAVAILABLE: u16 = 14;
+/// gRPC's `DEADLINE_EXCEEDED`.
+const DEADLINE_EXCEEDED: u16 = 4;
+
 /// The gRPC [`Dialect`] of the meshed client (see the [module docs](self)).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Grpc;
@@ -46,7 +54,17 @@ impl Classify<Response<Incoming>, Error> for Grpc {
     fn classify(&self, result: Result<&Response<Incoming>, &Error>) -> ResponseClass {
         match result {
             Ok(rsp) => head_class(rsp),
-            Err(e) => HttpClassifier.classify(Err::<&Response<Incoming>, _>(e)),
+            // An attempt that ran out of its per-try time is what a gRPC client reports as
+            // DEADLINE_EXCEEDED: retried when the policy lists it (`retryOn: deadline-exceeded`).
+            Err(Error::TimedOut(t)) if t.kind == TimeoutKind::PerTry => {
+                ResponseClass::Failure(FailureKind::Grpc(DEADLINE_EXCEEDED))
+            }
+            Err(e) => match HttpClassifier.classify(Err::<&Response<Incoming>, _>(e)) {
+                ResponseClass::Failure(FailureKind::Reset) => {
+                    ResponseClass::Failure(FailureKind::Grpc(UNAVAILABLE))
+                }
+                class => class,
+            },
         }
     }
 

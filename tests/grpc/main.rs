@@ -360,6 +360,7 @@ async fn bidirectional_streams_pass_through_message_by_message() {
             reviewer: "r".into(),
             text: text.into(),
             stars: 4,
+            color: String::new(),
         })
         .await
         .unwrap();

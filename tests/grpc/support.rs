@@ -77,6 +77,7 @@ fn review(name: &str, text: &str) -> Review {
         reviewer: name.to_owned(),
         text: text.to_owned(),
         stars: 5,
+        color: String::new(),
     }
 }
 

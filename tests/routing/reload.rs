@@ -113,3 +113,24 @@ async fn an_invalid_change_is_rejected_and_the_routes_in_force_stay() {
     );
     assert!(store.stats().last_error.is_none());
 }
+
+#[tokio::test]
+async fn a_target_whose_client_was_dropped_still_follows_route_changes() {
+    // Found by the Bookinfo demo: `GrpcClient::new(mesh).channel(..)` kept only the channel,
+    // whose destination refers to its client weakly, and its routes froze.
+    let f = Fixture::new().await;
+    f.write_vs(&weighted(&[("v1", 1)]));
+    let target = mesh::hyper::MeshClient::<http_body_util::Empty<bytes::Bytes>>::new(f.mesh())
+        .target("reviews.default:9080")
+        .unwrap();
+    let req = || get("/");
+    assert_eq!(backend_of(&target.request(req()).await.unwrap()), "v1");
+    f.write_vs(&weighted(&[("v3", 1)]));
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            backend_of(&target.request(req()).await.unwrap()) == "v3"
+        })
+        .await,
+        "the target kept the routes of its first configuration"
+    );
+}

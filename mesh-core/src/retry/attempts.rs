@@ -13,10 +13,11 @@ pub(super) fn classify<C, T, E>(
 where
     C: Classify<T, E>,
 {
-    if timed_out {
-        ResponseClass::Failure(FailureKind::Timeout)
-    } else {
-        shared.classifier.classify(result.as_ref())
+    match shared.classifier.classify(result.as_ref()) {
+        // The per-try timer's own error: a timeout, unless the protocol names it otherwise
+        // (gRPC: DEADLINE_EXCEEDED).
+        ResponseClass::Success if timed_out => ResponseClass::Failure(FailureKind::Timeout),
+        class => class,
     }
 }
 

@@ -206,6 +206,7 @@ where
         Ok(Target {
             dest,
             authority: uri_authority,
+            _client: self.clone(),
         })
     }
 

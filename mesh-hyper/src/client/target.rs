@@ -12,9 +12,15 @@ use super::{Dialect, MeshClient, RequestBody, ResponseFuture, destination::Dest}
 use crate::{Error, HttpClassifier};
 
 /// A handle on one destination of a [`MeshClient`] (see [`MeshClient::target`]). Cheap to clone.
+///
+/// It keeps its client alive: a target (or a `MeshChannel` made from one) whose client was
+/// dropped still follows configuration changes.
 pub struct Target<B, D = HttpClassifier> {
     pub(super) dest: Arc<Dest<B, D>>,
     pub(super) authority: http::uri::Authority,
+    /// The destination rebuilds its routes through its client, which it only refers to weakly
+    /// (the client owns its destinations).
+    pub(super) _client: MeshClient<B, D>,
 }
 
 impl<B, D> Clone for Target<B, D> {
@@ -22,6 +28,7 @@ impl<B, D> Clone for Target<B, D> {
         Self {
             dest: self.dest.clone(),
             authority: self.authority.clone(),
+            _client: self._client.clone(),
         }
     }
 }
