@@ -16,16 +16,26 @@ mod services;
 async fn every_phase_of_the_bookinfo_scenario_keeps_its_promise() {
     let (mut cluster, listeners) = cluster::Cluster::prepare(&scenario::base_documents()).unwrap();
     cluster.start(listeners).unwrap();
-    let gateway = cluster.workload("istio-ingressgateway", None, "gateway").unwrap().http();
+    let gateway = cluster
+        .workload("istio-ingressgateway", None, "gateway")
+        .unwrap()
+        .http();
     let mut all = Vec::new();
     for phase in scenario::phases() {
-        let s = scenario::run_phase(&mut cluster, &gateway, &phase, 3.0, false).await.unwrap();
+        let s = scenario::run_phase(&mut cluster, &gateway, &phase, 3.0, false)
+            .await
+            .unwrap();
         all.push(s);
     }
     println!("{}", scenario::table(&all));
     let failed: Vec<_> = all
         .iter()
-        .flat_map(|s| s.checks.iter().filter(|(_, ok)| !ok).map(move |(what, _)| format!("{}: {what}", s.phase)))
+        .flat_map(|s| {
+            s.checks
+                .iter()
+                .filter(|(_, ok)| !ok)
+                .map(move |(what, _)| format!("{}: {what}", s.phase))
+        })
         .collect();
     assert!(failed.is_empty(), "{failed:#?}");
     assert_eq!(all.len(), 6);

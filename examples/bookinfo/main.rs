@@ -6,6 +6,8 @@
 //! cargo run --release --example bookinfo                       # the scripted scenario
 //! cargo run --release --example bookinfo -- --phase-secs 3 --json out.json
 //! cargo run --release --example bookinfo -- --serve --config DIR   # follow documents copied into DIR
+//! cargo run --release --example bookinfo -- reviews --version v2 --listen ADDR \
+//!     --registry file:endpoints.yaml --config DIR --certs DIR      # one service alone (see `standalone`)
 //! ```
 //!
 //! Every service gets its own SPIFFE identity (`spiffe://cluster.local/ns/default/sa/bookinfo-<app>`)
@@ -19,6 +21,7 @@
 mod cluster;
 mod scenario;
 mod services;
+mod standalone;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -71,6 +74,23 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_thread_names(true)
         .try_init();
+    // One service, or the load driver, as a process of its own (see `standalone`).
+    let mut argv = std::env::args().skip(1).peekable();
+    if let Some(first) = argv.peek().filter(|a| !a.starts_with('-')).cloned() {
+        argv.next();
+        let result = match standalone::Options::parse(&mut argv) {
+            Err(e) => Err(e.into()),
+            Ok(o) if first == "load" => standalone::load(o).await.map(|ok| if ok { 0 } else { 1 }),
+            Ok(o) => standalone::service(&first, o).await.map(|()| 0),
+        };
+        match result {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("bookinfo {first}: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     let args = match args() {
         Ok(a) => a,
         Err(e) => {
@@ -167,12 +187,12 @@ async fn serve(
     gateway: &mesh::hyper::MeshClient<Empty<Bytes>>,
     dir: Option<PathBuf>,
 ) -> Result<bool, Box<dyn std::error::Error>> {
-    let pp = cluster
-        .instances
-        .iter()
-        .find(|i| i.app == "productpage")
-        .map(|i| i.addr);
-    println!("\nproductpage at {pp:?} (mTLS: call it through a mesh client); Ctrl-C stops");
+    let listener = tokio::net::TcpListener::bind(GATEWAY).await?;
+    tokio::spawn(ingress(listener, gateway.clone()));
+    println!(
+        "\nopen http://{GATEWAY}/productpage (the ingress gateway: plain HTTP in, mTLS to productpage; \
+         ?u=jason or a `user=jason` cookie makes you jason); Ctrl-C stops"
+    );
     if let Some(d) = &dir {
         println!(
             "following {}: copy Istio documents there (e.g. samples/bookinfo/networking/virtual-service-reviews-jason-v2-v3.yaml)",
@@ -191,6 +211,62 @@ async fn serve(
             "{:>6} requests/s  reviews by version {:?}  jason {:?}",
             s.requests, s.by_version, s.jason_by_version
         );
+    }
+}
+
+/// Where `--serve` listens for browsers.
+const GATEWAY: &str = "127.0.0.1:9080";
+
+/// The ingress gateway of `--serve`: plain HTTP from a browser, forwarded to productpage
+/// through the gateway workload's mesh client (mTLS, identity bookinfo-gateway); `?u=NAME`
+/// or a `user=NAME` cookie makes the request NAME's.
+async fn ingress(listener: tokio::net::TcpListener, client: mesh::hyper::MeshClient<Empty<Bytes>>) {
+    use http_body_util::BodyExt;
+    while let Ok((stream, _)) = listener.accept().await {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let client = client.clone();
+                    async move {
+                        let mut fwd = hyper::Request::get(format!(
+                            "http://productpage:9080{}",
+                            req.uri().path()
+                        ))
+                        .body(Empty::new())
+                        .expect("a request");
+                        let user = req
+                            .uri()
+                            .query()
+                            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("u=")));
+                        if let Some(u) = user.and_then(|u| u.parse().ok()) {
+                            fwd.headers_mut().insert("end-user", u);
+                        }
+                        if let Some(c) = req.headers().get(http::header::COOKIE) {
+                            fwd.headers_mut().insert(http::header::COOKIE, c.clone());
+                        }
+                        let rsp = match client.request(fwd).await {
+                            Ok(rsp) => {
+                                let (parts, body) = rsp.into_parts();
+                                let bytes = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                hyper::Response::from_parts(parts, http_body_util::Full::new(bytes))
+                            }
+                            Err(e) => hyper::Response::builder()
+                                .status(502)
+                                .body(http_body_util::Full::new(Bytes::from(e.to_string())))
+                                .expect("a response"),
+                        };
+                        Ok::<_, std::convert::Infallible>(rsp)
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
     }
 }
 
