@@ -5,19 +5,20 @@
 
 use std::{
     net::{SocketAddr, TcpListener},
-    path::{Path, PathBuf},
     sync::Arc,
     thread::JoinHandle,
 };
 
 use mesh::core::{
-    Mesh, SpiffeId,
-    config::Workload as Labels,
+    SpiffeId,
     dev_ca::DevCa,
     tls::{TlsFiles, TlsSettings, TlsStore},
 };
 
-use super::services::{self, Probes, Workload};
+use super::{
+    registry::{Record, Registry},
+    services::{self, Probes, Workload},
+};
 
 /// One running instance of a service.
 pub struct Instance {
@@ -54,6 +55,8 @@ pub struct Cluster {
     pub instances: Vec<Instance>,
     /// Counters of the running services.
     pub probes: Arc<Probes>,
+    /// Where the workloads find each other and the documents.
+    pub registry: Arc<Registry>,
 }
 
 /// What runs: (instance name, app, version).
@@ -74,10 +77,12 @@ pub fn principal(app: &str) -> SpiffeId {
 }
 
 impl Cluster {
-    /// The CA, the certificates, the endpoints file (listing every instance) and the config
-    /// directory with `documents` in it; nothing runs yet.
-    pub fn prepare(
+    /// The CA, the certificates, the registry (an endpoints file listing every instance, or
+    /// etcd when `etcd` is set: each instance registers itself when it starts) and the
+    /// documents; nothing runs yet.
+    pub async fn prepare(
         documents: &[(&str, String)],
+        etcd: Option<&str>,
     ) -> Result<(Cluster, Vec<TcpListener>), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let ca = DevCa::new("Bookinfo development CA")?;
@@ -99,34 +104,44 @@ impl Cluster {
                 listeners.push(l);
             }
         }
-        std::fs::write(dir.path().join("endpoints.yaml"), eps)?;
         std::fs::create_dir(dir.path().join("config"))?;
+        let registry = match etcd {
+            None => {
+                std::fs::write(dir.path().join("endpoints.yaml"), eps)?;
+                Registry::File {
+                    endpoints: dir.path().join("endpoints.yaml"),
+                    config: dir.path().join("config"),
+                }
+            }
+            #[cfg(feature = "etcd")]
+            Some(url) => Registry::Etcd(Box::new(super::registry::Etcd::new(url)?)),
+            #[cfg(not(feature = "etcd"))]
+            Some(url) => {
+                return Err(format!("--registry {url}: etcd needs `--features etcd`").into());
+            }
+        };
         let cluster = Cluster {
             dir,
             ca,
             instances: Vec::new(),
             probes: Arc::new(Probes::default()),
+            registry: Arc::new(registry),
         };
         for (name, text) in documents {
-            cluster.write(name, text)?;
+            cluster.write(name, text).await?;
         }
         Ok((cluster, listeners))
     }
 
-    pub fn config_dir(&self) -> PathBuf {
-        self.dir.path().join("config")
-    }
-
-    /// Writes (or replaces, atomically) a document file in the config directory.
-    pub fn write(&self, name: &str, text: &str) -> std::io::Result<()> {
-        let tmp = self.dir.path().join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, self.config_dir().join(name))
+    /// Writes (or replaces) a document file: atomically into the config directory, or through
+    /// `mesh apply` into etcd.
+    pub async fn write(&self, name: &str, text: &str) -> Result<(), Box<dyn std::error::Error>> {
+        self.registry.write(name, text, self.dir.path()).await
     }
 
     /// Removes a document file.
-    pub fn remove(&self, name: &str) {
-        let _ = std::fs::remove_file(self.config_dir().join(name));
+    pub async fn remove(&self, name: &str) -> Result<(), Box<dyn std::error::Error>> {
+        self.registry.remove(name, self.dir.path()).await
     }
 
     /// The TLS identity of service account `bookinfo-<app>`, minted now.
@@ -143,31 +158,54 @@ impl Cluster {
     }
 
     /// A workload: its labels, the registry, the documents, its identity as `app`.
-    pub fn workload(
+    pub async fn workload(
         &self,
         app: &str,
         version: Option<&str>,
         identity: &str,
     ) -> Result<Workload, Box<dyn std::error::Error>> {
-        workload(
-            &self.dir.path().join("endpoints.yaml"),
-            &self.config_dir(),
-            app,
-            version,
-            self.identity(identity)?,
-        )
+        workload(&self.registry, app, version, self.identity(identity)?).await
     }
 
     /// Starts every instance of [`TOPOLOGY`] on its listener.
-    pub fn start(&mut self, listeners: Vec<TcpListener>) -> Result<(), Box<dyn std::error::Error>> {
+    pub async fn start(
+        &mut self,
+        listeners: Vec<TcpListener>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         for ((name, app, version), listener) in order().into_iter().zip(listeners) {
-            let w = self.workload(app, version, app)?;
+            let w = self.workload(app, version, app).await?;
             let probes = self.probes.clone();
+            let registry = self.registry.clone();
+            let record = Record {
+                service: format!("{app}.default:{}", services::PORT),
+                instance: name.to_owned(),
+                addr: listener.local_addr()?,
+                labels: [
+                    ("app", app),
+                    ("version", version.unwrap_or("v1")),
+                    ("instance", name),
+                ]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+                identity: principal(app),
+            };
             let name = name.to_owned();
-            self.instances
-                .push(spawn(name.clone(), app, version, listener, move |l| {
-                    run(app, version.unwrap_or("v1"), name, w, l, probes)
-                })?);
+            self.instances.push(spawn(
+                name.clone(),
+                app,
+                version,
+                listener,
+                move |l| async move {
+                    // Registered (etcd) for as long as the instance runs: killed, it vanishes when
+                    // its lease runs out.
+                    let _registered = match registry.announce(&record).await {
+                        Ok(g) => g,
+                        Err(e) => return eprintln!("{name}: cannot register: {e}"),
+                    };
+                    run(app, version.unwrap_or("v1"), name, w, l, probes).await
+                },
+            )?);
         }
         Ok(())
     }
@@ -185,10 +223,9 @@ fn order() -> Vec<(&'static str, &'static str, Option<&'static str>)> {
         .collect()
 }
 
-/// A workload's mesh over the registry file and the documents directory.
-pub fn workload(
-    endpoints: &Path,
-    config: &Path,
+/// A workload's mesh over the registry and the documents.
+pub async fn workload(
+    registry: &Registry,
     app: &str,
     version: Option<&str>,
     tls: TlsStore,
@@ -197,13 +234,10 @@ pub fn workload(
     if let Some(v) = version {
         labels.push(("version", v));
     }
-    let mesh = Mesh::builder()
-        .workload(Labels::new("default", labels))
-        .endpoints_file(endpoints, Default::default())
-        .istio_config(config)
-        .without_dns_fallback()
-        .build()?;
-    Ok(Workload { mesh, tls })
+    Ok(Workload {
+        mesh: registry.mesh(labels).await?,
+        tls,
+    })
 }
 
 /// Serves `app` on `listener` until the runtime stops.

@@ -19,6 +19,7 @@
 //! per phase and exits non-zero if a phase broke its promise.
 
 mod cluster;
+mod registry;
 mod scenario;
 mod services;
 mod standalone;
@@ -34,6 +35,7 @@ struct Args {
     serve: bool,
     config: Option<PathBuf>,
     only: Option<Vec<String>>,
+    etcd: Option<String>,
 }
 
 fn args() -> Result<Args, String> {
@@ -43,6 +45,7 @@ fn args() -> Result<Args, String> {
         serve: false,
         config: None,
         only: None,
+        etcd: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -55,10 +58,21 @@ fn args() -> Result<Args, String> {
             }
             "--json" => a.json = Some(value("--json")?.into()),
             "--serve" => a.serve = true,
+            "--registry" => {
+                let v = value("--registry")?;
+                match v.strip_prefix("file:") {
+                    // The demo makes its own endpoints file; a path is for standalone services.
+                    Some(_) => {}
+                    None if v.starts_with("etcd://") || v.starts_with("etcds://") => {
+                        a.etcd = Some(v)
+                    }
+                    None => return Err(format!("--registry {v}: expected etcd://HOST:PORT")),
+                }
+            }
             "--phases" => a.only = Some(value("--phases")?.split(',').map(str::to_owned).collect()),
             "--config" => a.config = Some(value("--config")?.into()),
             "-h" | "--help" => {
-                return Err("usage: bookinfo [--phase-secs N] [--phases a,b,…] [--json FILE] | --serve [--config DIR]".into());
+                return Err("usage: bookinfo [--registry etcd://HOST:PORT] [--phase-secs N] [--phases a,b,…] [--json FILE] | --serve [--config DIR]".into());
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
@@ -109,27 +123,31 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
-    let (mut cluster, listeners) = cluster::Cluster::prepare(&scenario::base_documents())?;
+    let (mut cluster, listeners) =
+        cluster::Cluster::prepare(&scenario::base_documents(), args.etcd.as_deref()).await?;
     if let Some(dir) = &args.config {
         // The user's documents: copied in, then followed (see `serve`).
         for entry in std::fs::read_dir(dir)? {
             let p = entry?.path();
             if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                cluster.write(
-                    &p.file_name().unwrap().to_string_lossy(),
-                    &std::fs::read_to_string(&p)?,
-                )?;
+                cluster
+                    .write(
+                        &p.file_name().unwrap().to_string_lossy(),
+                        &std::fs::read_to_string(&p)?,
+                    )
+                    .await?;
             }
         }
     }
-    cluster.start(listeners)?;
+    cluster.start(listeners).await?;
     let gateway = cluster
-        .workload("istio-ingressgateway", None, "gateway")?
+        .workload("istio-ingressgateway", None, "gateway")
+        .await?
         .http();
     println!(
-        "Bookinfo: {} instances on loopback, mTLS STRICT, documents in {}",
+        "Bookinfo: {} instances on loopback, mTLS STRICT, {}",
         cluster.instances.len(),
-        cluster.config_dir().display()
+        cluster.registry.describe()
     );
     for i in &cluster.instances {
         println!(
@@ -155,6 +173,9 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         }
         println!("\n== {} — {}", phase.name, phase.what);
         let s = scenario::run_phase(&mut cluster, &gateway, &phase, args.phase_secs, true).await?;
+        if let Some(e) = &s.first_error {
+            println!("  first failure: {e}");
+        }
         for (what, passed) in &s.checks {
             println!("  {} {what}", if *passed { "✓" } else { "✗" });
             ok &= passed;
@@ -202,7 +223,7 @@ async fn serve(
     let mut seen = std::collections::BTreeMap::<PathBuf, std::time::SystemTime>::new();
     loop {
         if let Some(d) = &dir {
-            sync_documents(cluster, d, &mut seen)?;
+            sync_documents(cluster, d, &mut seen).await?;
         }
         let stats = std::sync::Arc::new(std::sync::Mutex::new(scenario::Stats::default()));
         scenario::drive_for(gateway, 1.0, &stats).await;
@@ -271,11 +292,11 @@ async fn ingress(listener: tokio::net::TcpListener, client: mesh::hyper::MeshCli
 }
 
 /// Copies new or changed documents of `dir` into the watched config directory.
-fn sync_documents(
+async fn sync_documents(
     cluster: &cluster::Cluster,
     dir: &std::path::Path,
     seen: &mut std::collections::BTreeMap<PathBuf, std::time::SystemTime>,
-) -> std::io::Result<()> {
+) -> Result<(), Box<dyn std::error::Error>> {
     for entry in std::fs::read_dir(dir)? {
         let p = entry?.path();
         if !p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
@@ -283,11 +304,17 @@ fn sync_documents(
         }
         let modified = std::fs::metadata(&p)?.modified()?;
         if seen.get(&p) != Some(&modified) {
-            cluster.write(
-                &p.file_name().unwrap().to_string_lossy(),
-                &std::fs::read_to_string(&p)?,
-            )?;
-            println!("applied {}", p.display());
+            let applied = cluster
+                .write(
+                    &p.file_name().unwrap().to_string_lossy(),
+                    &std::fs::read_to_string(&p)?,
+                )
+                .await;
+            match applied {
+                Ok(()) => println!("applied {}", p.display()),
+                // Under etcd, `mesh apply`'s validation refuses an invalid document here.
+                Err(e) => println!("refused {}: {e}", p.display()),
+            }
             seen.insert(p, modified);
         }
     }

@@ -146,6 +146,8 @@ pub struct Stats {
     pub denials: u64,
     pub rogue_successes: u64,
     pub checks: Vec<(String, bool)>,
+    /// The first failure seen, as the gateway's client reported it.
+    pub first_error: Option<String>,
     #[serde(skip)]
     latencies_us: Vec<u64>,
 }
@@ -188,6 +190,9 @@ async fn drive(
                         Err(_) => "error".to_owned(),
                     };
                     let mut s = stats.lock().unwrap();
+                    if let (Err(e), None) = (&r, &s.first_error) {
+                        s.first_error = Some(e.to_string());
+                    }
                     s.requests += 1;
                     s.latencies_us.push(us);
                     if version.starts_with('v') {
@@ -261,12 +266,11 @@ pub async fn run_phase(
 ) -> Result<Stats, Box<dyn std::error::Error>> {
     for (file, text) in &phase.docs {
         match text {
-            Some(t) => cluster.write(file, t)?,
-            None => cluster.remove(file),
+            Some(t) => cluster.write(file, t).await?,
+            None => cluster.remove(file).await?,
         }
     }
-    // The watchers apply a change within tens of milliseconds; give them half a second.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(cluster.registry.settle()).await;
     let stats = Arc::new(Mutex::new(Stats {
         phase: phase.name.to_owned(),
         ..Stats::default()
@@ -288,7 +292,8 @@ pub async fn run_phase(
         }
         Some(Action::Rogue) => {
             let rogue = cluster
-                .workload("productpage", Some("v1"), "productpage")?
+                .workload("productpage", Some("v1"), "productpage")
+                .await?
                 .grpc();
             let ch = rogue.channel("ratings:9080")?;
             let driving = drive(gateway, secs, &stats, live);
@@ -314,9 +319,11 @@ pub async fn run_phase(
     let mut s = Arc::try_unwrap(stats)
         .map_err(|_| "driver still running")?
         .into_inner()?;
-    s.retries = retries1 - retries0;
-    s.ejections = ejections1 - ejections0;
-    s.denials = denied1 - denied0;
+    // Counters are per endpoint while it is listed: one that left the registry (a killed
+    // instance whose lease ran out) takes its counts with it.
+    s.retries = retries1.saturating_sub(retries0);
+    s.ejections = ejections1.saturating_sub(ejections0);
+    s.denials = denied1.saturating_sub(denied0);
     s.rogue_successes = rogue_ok;
     s.success_pct = pct(s.ok, s.requests);
     s.latencies_us.sort_unstable();

@@ -82,6 +82,19 @@ impl Workload {
     }
 }
 
+/// A channel to `target`, once the registry knows it (a registry such as etcd lists a
+/// service only when one of its instances has registered): waits up to 30 s.
+async fn channel(grpc: &GrpcClient, target: &str) -> Result<MeshChannel, Status> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match grpc.channel(target) {
+            Ok(ch) => return Ok(ch),
+            Err(e) if std::time::Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// `details` (HTTP): the book's details as JSON.
 pub async fn details(w: Workload, listener: TcpListener) {
     let app = tower::service_fn(|req: Request<Incoming>| async move {
@@ -215,7 +228,13 @@ pub async fn reviews(w: Workload, listener: TcpListener, version: &'static str, 
             Err(Status::unimplemented("Bookinfo's reviews has no stream"))
         }
     }
-    let ratings = (version != "v1").then(|| w.grpc().channel("ratings:9080").expect("ratings"));
+    let ratings = match version {
+        "v1" => None,
+        _ => match channel(&w.grpc(), "ratings:9080").await {
+            Ok(ch) => Some(ch),
+            Err(e) => return eprintln!("reviews {version}: {e}"),
+        },
+    };
     let _ = tonic::transport::Server::builder()
         .layer(w.authz())
         .add_service(ReviewsServer::new(Svc {
@@ -235,7 +254,10 @@ pub const X_REVIEWS: &str = "x-reviews-version";
 pub async fn productpage(w: Workload, listener: TcpListener, probes: Arc<Probes>) {
     let http = w.http();
     let grpc = w.grpc();
-    let reviews = grpc.channel("reviews:9080").expect("reviews");
+    let reviews = match channel(&grpc, "reviews:9080").await {
+        Ok(ch) => ch,
+        Err(e) => return eprintln!("productpage: {e}"),
+    };
     let _ = probes.productpage_grpc.set(grpc);
     let app = tower::service_fn(move |req: Request<Incoming>| {
         let (http, reviews) = (http.clone(), reviews.clone());

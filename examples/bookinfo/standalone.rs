@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! bookinfo SERVICE --listen ADDR --registry file:PATH --config DIR --certs DIR [--version vN] [--instance NAME]
+//! bookinfo SERVICE --listen ADDR --registry etcd://HOST:PORT --certs DIR …   (--features etcd)
 //! bookinfo load --registry file:PATH --config DIR --certs DIR [--secs N]
 //! ```
 //!
@@ -15,13 +16,17 @@ use std::{path::PathBuf, sync::Arc};
 
 use mesh::core::tls::{TlsFiles, TlsSettings, TlsStore};
 
-use super::{cluster, scenario, services::Probes};
+use super::{
+    cluster,
+    registry::{Record, Registry},
+    scenario,
+    services::Probes,
+};
 
 /// The options of a standalone process.
 pub struct Options {
     pub listen: Option<String>,
-    pub registry: PathBuf,
-    pub config: PathBuf,
+    pub registry: Registry,
     pub certs: PathBuf,
     pub version: String,
     pub instance: Option<String>,
@@ -30,7 +35,8 @@ pub struct Options {
 
 impl Options {
     pub fn parse(args: &mut impl Iterator<Item = String>) -> Result<Options, String> {
-        let (mut listen, mut registry, mut config, mut certs) = (None, None, None, None);
+        let (mut listen, mut registry, mut etcd, mut config, mut certs) =
+            (None, None, None, None, None);
         let (mut version, mut instance, mut secs) = ("v1".to_owned(), None, 10.0);
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -38,10 +44,17 @@ impl Options {
                 "--listen" => listen = Some(value()?),
                 "--registry" => {
                     let v = value()?;
-                    let path = v.strip_prefix("file:").ok_or(format!(
-                        "--registry {v}: expected file:PATH (etcd:// needs the etcd feature, not built in here)"
-                    ))?;
-                    registry = Some(PathBuf::from(path));
+                    match v.strip_prefix("file:") {
+                        Some(path) => registry = Some(PathBuf::from(path)),
+                        None if v.starts_with("etcd://") || v.starts_with("etcds://") => {
+                            etcd = Some(v)
+                        }
+                        None => {
+                            return Err(format!(
+                                "--registry {v}: expected file:PATH or etcd://HOST:PORT"
+                            ));
+                        }
+                    }
                 }
                 "--config" => config = Some(PathBuf::from(value()?)),
                 "--certs" => certs = Some(PathBuf::from(value()?)),
@@ -51,10 +64,29 @@ impl Options {
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
+        let registry = match (registry, etcd) {
+            (Some(endpoints), None) => Registry::File {
+                endpoints,
+                config: config.ok_or("--config DIR is required with a file registry")?,
+            },
+            #[cfg(feature = "etcd")]
+            (None, Some(url)) => Registry::Etcd(Box::new(
+                super::registry::Etcd::at(&url).map_err(|e| e.to_string())?,
+            )),
+            #[cfg(not(feature = "etcd"))]
+            (None, Some(url)) => {
+                return Err(format!("--registry {url}: etcd needs `--features etcd`"));
+            }
+            _ => {
+                return Err(
+                    "--registry file:PATH (with --config DIR) or etcd://HOST:PORT is required"
+                        .into(),
+                );
+            }
+        };
         Ok(Options {
             listen,
-            registry: registry.ok_or("--registry file:PATH is required")?,
-            config: config.ok_or("--config DIR is required")?,
+            registry,
             certs: certs.ok_or("--certs DIR is required")?,
             version,
             instance,
@@ -83,18 +115,27 @@ pub async fn service(app: &str, o: Options) -> Result<(), Box<dyn std::error::Er
         other => return Err(format!("unknown service {other:?}").into()),
     };
     let version: &'static str = Box::leak(o.version.clone().into_boxed_str());
-    let w = cluster::workload(&o.registry, &o.config, app, Some(version), o.identity(app)?)?;
+    let w = cluster::workload(&o.registry, app, Some(version), o.identity(app)?).await?;
     let listen = o.listen.as_deref().ok_or("--listen ADDR is required")?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let name = o
         .instance
         .clone()
         .unwrap_or_else(|| format!("{app}-{version}"));
-    println!(
-        "{name} ({}) listening on {}",
-        cluster::principal(app),
-        listener.local_addr()?
-    );
+    let addr = listener.local_addr()?;
+    // Under etcd the service registers itself (under a lease) for as long as it runs.
+    let record = Record {
+        service: format!("{app}.default:{}", super::services::PORT),
+        instance: name.clone(),
+        addr,
+        labels: vec![
+            ("app".into(), app.into()),
+            ("version".into(), version.into()),
+        ],
+        identity: cluster::principal(app),
+    };
+    let _registered = o.registry.announce(&record).await?;
+    println!("{name} ({}) listening on {addr}", cluster::principal(app));
     cluster::run(app, version, name, w, listener, Arc::new(Probes::default())).await;
     Ok(())
 }
@@ -103,11 +144,11 @@ pub async fn service(app: &str, o: Options) -> Result<(), Box<dyn std::error::Er
 pub async fn load(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
     let gateway = cluster::workload(
         &o.registry,
-        &o.config,
         "istio-ingressgateway",
         None,
         o.identity("gateway")?,
-    )?
+    )
+    .await?
     .http();
     let stats = Arc::new(std::sync::Mutex::new(scenario::Stats::default()));
     scenario::drive_for(&gateway, o.secs, &stats).await;
