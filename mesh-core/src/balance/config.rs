@@ -18,7 +18,7 @@ pub struct BalanceConfig {
     /// How endpoints are chosen.
     pub policy: LbPolicy,
     /// How long a request waits for an endpoint when discovery says there are none. Default 0:
-    /// fail fast with [`NoEndpoints`], so callers see the problem instead of a hang.
+    /// fail fast with [`NoEndpoints`](super::NoEndpoints), so callers see the problem instead of a hang.
     #[serde(with = "crate::duration::serde")]
     pub wait_for_endpoints: Duration,
     /// How long a request waits for discovery's first answer ([`DEFAULT_DISCOVERY_TIMEOUT`]).

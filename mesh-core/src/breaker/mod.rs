@@ -11,9 +11,9 @@
 //! - **half-open**: `halfOpenCalls` trial calls pass (others are refused); if their failure rate
 //!   is below the threshold it closes, otherwise it opens again.
 //!
-//! An outcome is what the [`Classify`] of the protocol says: for gRPC, a status that comes in
+//! An outcome is what the [`Classify`](crate::classify::Classify) of the protocol says: for gRPC, a status that comes in
 //! the trailers is recorded when the response body ends (see
-//! [`LateOutcome`]), like outlier detection does.
+//! [`LateOutcome`](crate::classify::LateOutcome)), like outlier detection does.
 //!
 //! Defaults are Resilience4j's: threshold 50 %, window 100 calls, minimum 100 calls, 60 s open,
 //! 10 trial calls. Every state change is a `warn` (opening) or `info` event. Not in the default

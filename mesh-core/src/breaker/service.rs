@@ -15,7 +15,7 @@ use super::{
 };
 use crate::classify::Classify;
 
-/// The breaker service; see the [module docs](self). A `Breaker` built with
+/// The breaker service; see the [module docs](super). A `Breaker` built with
 /// [`Breaker::disabled`] passes every call through.
 pub struct Breaker<S, C> {
     inner: S,
