@@ -187,7 +187,10 @@ mod tests {
         let o = EtcdOptions::from_url("etcds://a:1,b:2/").unwrap();
         assert_eq!(o.endpoints, ["https://a:1", "https://b:2"]);
         assert_eq!(o.display(), "etcds://a:1,b:2");
-        assert_eq!(EtcdOptions::from_url("etcd://a:1").unwrap().display(), "etcd://a:1");
+        assert_eq!(
+            EtcdOptions::from_url("etcd://a:1").unwrap().display(),
+            "etcd://a:1"
+        );
         for bad in ["a:1", "ftp://a:1", "etcd://a", "etcd://:1", "etcd://a:x"] {
             assert!(EtcdOptions::from_url(bad).is_err(), "{bad}");
         }

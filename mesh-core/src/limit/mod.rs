@@ -320,7 +320,11 @@ where
         }
         shared.queued.fetch_add(1, Relaxed);
         let shared = shared.clone();
-        let mut inner = self.inner.clone();
+        // The inner service was made ready for this call: the queued request takes it (and its
+        // readiness, e.g. a permit of a `ConcurrencyLimit` below), a fresh clone stays for the
+        // next `poll_ready`. tower's idiom for a call that finishes later.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let overloaded = self.overloaded();
         ResponseFuture::waiting(Box::pin(async move {
             let deadline = Deadline::of(&req);
