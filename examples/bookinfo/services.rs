@@ -165,11 +165,12 @@ pub async fn reviews(w: Workload, listener: TcpListener, version: &'static str, 
             req: tonic::Request<ReviewsRequest>,
         ) -> Result<tonic::Response<ReviewsReply>, Status> {
             let product_id = req.get_ref().product_id;
-            let (mut stars, color) = match self.version {
-                "v2" => (BTreeMap::new(), "black"),
-                "v3" => (BTreeMap::new(), "red"),
-                _ => (BTreeMap::new(), ""),
+            let color = match self.version {
+                "v2" => "black",
+                "v3" => "red",
+                _ => "",
             };
+            let mut stars = BTreeMap::new();
             let mut unavailable = false;
             if let Some(ch) = &self.ratings {
                 let mut call = tonic::Request::new(RatingsRequest { product_id });

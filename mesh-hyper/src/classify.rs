@@ -84,14 +84,9 @@ pub(crate) fn failure_kind(e: &Error) -> FailureKind {
 /// Whether hyper canceled the request before writing it ("connection was not ready": the
 /// connection closed as it was handed over).
 fn canceled(e: &(dyn StdError + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            return h.is_canceled();
-        }
-        cur = err.source();
-    }
-    false
+    sources(e)
+        .find_map(|err| err.downcast_ref::<hyper::Error>())
+        .is_some_and(hyper::Error::is_canceled)
 }
 
 /// Whether the connection closed or was reset under the request before its response head: an
@@ -99,41 +94,42 @@ fn canceled(e: &(dyn StdError + 'static)) -> bool {
 /// reset or broken pipe, or an HTTP/2 connection lost or stream reset by the peer (other than
 /// `REFUSED_STREAM`, which is [`refused_stream`]).
 fn reset(e: &(dyn StdError + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() {
-                return true;
+    sources(e)
+        .find_map(|err| {
+            if err
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_incomplete_message)
+            {
+                return Some(true);
             }
-        }
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.is_io() || (h2.is_reset() && h2.is_remote());
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(h2) = err.downcast_ref::<h2::Error>() {
+                return Some(h2.is_io() || (h2.is_reset() && h2.is_remote()));
+            }
+            let io = err.downcast_ref::<std::io::Error>()?;
             use std::io::ErrorKind::*;
-            return matches!(
+            Some(matches!(
                 io.kind(),
                 ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
-            );
-        }
-        cur = err.source();
-    }
-    false
+            ))
+        })
+        .unwrap_or(false)
 }
 
 /// Whether an HTTP/2 peer did not process the stream: it refused it (`REFUSED_STREAM`), or a
 /// graceful `GOAWAY` (`NO_ERROR`) arrived whose last stream id is below it (h2 fails exactly
 /// those streams with the remote GOAWAY's error; streams the server kept finish normally).
 fn refused_stream(e: &(dyn StdError + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away()
-                    && h2.is_remote()
-                    && h2.reason() == Some(h2::Reason::NO_ERROR));
-        }
-        cur = err.source();
-    }
-    false
+    sources(e)
+        .find_map(|err| err.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| {
+            h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR))
+        })
+}
+
+/// An error and its sources, outermost first.
+fn sources<'a>(
+    e: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(e), |&err| err.source())
 }

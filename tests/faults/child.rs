@@ -248,17 +248,7 @@ impl Child {
 
     /// Its open file descriptors and resident memory (KiB), read from `/proc/<pid>`.
     pub fn usage(&self) -> (usize, u64) {
-        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let rss = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
-        (fds, rss)
+        proc_usage(&self.pid().to_string())
     }
 
     /// Requests it began to answer, as it reported them.
@@ -270,6 +260,21 @@ impl Child {
     pub fn paths(&self) -> Vec<String> {
         self.paths.lock().unwrap().clone()
     }
+}
+
+/// Open file descriptors and resident memory (KiB) of a process, from `/proc/<pid>` (`pid`
+/// may be `self`); zeros for a process that is gone.
+pub fn proc_usage(pid: &str) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    (fds, rss)
 }
 
 impl Drop for Child {

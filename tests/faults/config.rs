@@ -108,6 +108,16 @@ fn answered(load: &Load) -> usize {
     load.seen.lock().unwrap().answers.len()
 }
 
+/// Whether, within 10 s, a 100 ms window comes in which only `version` answers.
+async fn only_answers(load: &Load, version: &str) -> bool {
+    eventually(Duration::from_secs(10), async || {
+        let now = answered(load);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answers_since(load, now).keys().collect::<Vec<_>>() == [version]
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_written_in_pieces_is_never_applied_half_written() {
     let f = Fixture::new().await;
@@ -134,12 +144,7 @@ async fn a_document_written_in_pieces_is_never_applied_half_written() {
     }
     let during = answers_since(&load, before);
     assert!(
-        eventually(Duration::from_secs(10), async || {
-            let now = answered(&load);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            answers_since(&load, now).keys().collect::<Vec<_>>() == ["v2"]
-        })
-        .await,
+        only_answers(&load, "v2").await,
         "the complete document never took effect: {:?}; answers {:?}; failures {:?}",
         client.mesh().config().map(|s| s.stats()),
         answers_since(&load, before),
@@ -182,12 +187,7 @@ async fn truncated_deleted_and_recreated_files_keep_the_last_good_config() {
     std::fs::write(f.endpoints(), f.endpoints_yaml(&["v2"])).unwrap();
     std::fs::write(f.istio().join("virtual-service.yaml"), vs_to("v2")).unwrap();
     assert!(
-        eventually(Duration::from_secs(10), async || {
-            let now = answered(&load);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            answers_since(&load, now).keys().collect::<Vec<_>>() == ["v2"]
-        })
-        .await,
+        only_answers(&load, "v2").await,
         "the re-created files never took effect"
     );
     let stats = client.mesh().config().map(|s| s.stats());
@@ -259,12 +259,7 @@ async fn a_configmap_symlink_swap_applies_the_new_config_whole() {
     );
     std::fs::remove_dir_all(istio.join("..2026_12_02_a")).unwrap();
     assert!(
-        eventually(Duration::from_secs(10), async || {
-            let now = answered(&load);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            answers_since(&load, now).keys().collect::<Vec<_>>() == ["v2"]
-        })
-        .await,
+        only_answers(&load, "v2").await,
         "the swapped routes never took effect"
     );
     let routes = answers_since(&load, before);
@@ -286,12 +281,7 @@ async fn a_configmap_symlink_swap_applies_the_new_config_whole() {
         ],
     );
     assert!(
-        eventually(Duration::from_secs(10), async || {
-            let now = answered(&load);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            answers_since(&load, now).keys().collect::<Vec<_>>() == ["v3"]
-        })
-        .await,
+        only_answers(&load, "v3").await,
         "the swapped endpoints and routes never took effect"
     );
     let seen = load.finish().await;

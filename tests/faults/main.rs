@@ -137,6 +137,42 @@ impl Load {
     }
 }
 
+/// How long after now the client's balancer ejects `endpoint` (polled every 5 ms, for at
+/// most 10 s); `None` if it never does.
+pub async fn ejection_of(
+    client: &MeshClient<Empty<Bytes>>,
+    endpoint: SocketAddr,
+) -> Option<Duration> {
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(10) {
+        let health = client
+            .stats(&name())
+            .and_then(|s| s.endpoints.into_iter().find(|e| e.addr == endpoint))
+            .map(|e| e.health);
+        if health == Some(mesh::core::outlier::HealthState::Ejected) {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+impl Load {
+    /// Waits (at most 15 s) for an answer from `backend` that came after `after` (time since
+    /// the load started); returns whether one came.
+    pub async fn answered_by_since(&self, backend: &str, after: Duration) -> bool {
+        common::eventually(Duration::from_secs(15), async || {
+            self.seen
+                .lock()
+                .unwrap()
+                .answers
+                .iter()
+                .any(|(t, b)| *t > after && b == backend)
+        })
+        .await
+    }
+}
+
 /// A summary of failures: message → count.
 pub fn tally(failures: &[String]) -> std::collections::BTreeMap<String, usize> {
     let mut m = std::collections::BTreeMap::new();

@@ -9,12 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mesh::core::{
-    ServiceConfig,
-    outlier::{HealthState, OutlierDetection},
-};
+use mesh::core::{ServiceConfig, outlier::OutlierDetection};
 
-use super::{Load, child::Child, client, name, tally};
+use super::{Load, child::Child, client, tally};
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -167,35 +164,13 @@ async fn netns_client() {
         Duration::from_secs(60),
     );
     load.until(300).await;
-    let health = || {
-        client
-            .stats(&name())
-            .and_then(|s| s.endpoints.into_iter().find(|e| e.addr == victim))
-            .map(|e| e.health)
-    };
     let route = format!("{}/32", victim.ip());
     ip(&["route", "add", "blackhole", &route]).unwrap();
-    let cut = Instant::now();
-    let mut ejected = None;
-    while cut.elapsed() < Duration::from_secs(10) {
-        if health() == Some(HealthState::Ejected) {
-            ejected = Some(cut.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let ejected = super::ejection_of(&client, victim).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     ip(&["route", "del", "blackhole", &route]).unwrap();
     let restored = started.elapsed();
-    let back = super::common::eventually(Duration::from_secs(15), async || {
-        load.seen
-            .lock()
-            .unwrap()
-            .answers
-            .iter()
-            .any(|(t, b)| *t > restored && b == "n1")
-    })
-    .await;
+    let back = load.answered_by_since("n1", restored).await;
     let rejoined = started.elapsed() - restored;
     load.until(load.done() + 300).await;
     let seen = load.finish().await;

@@ -5,10 +5,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use mesh::core::{
-    ServiceConfig,
-    classify::FailureKind,
-    outlier::{HealthState, OutlierDetection},
-    policy::Protocol,
+    ServiceConfig, classify::FailureKind, outlier::OutlierDetection, policy::Protocol,
 };
 
 use super::{
@@ -39,36 +36,15 @@ async fn a_hung_backend_among_three_is_ejected_and_rejoins_after_sigcont() {
     load.until(300).await;
 
     let hung = &kids[0];
-    let stopped = Instant::now();
     hung.stop();
-    let health = |c: &mesh::hyper::MeshClient<_>| {
-        c.stats(&name())
-            .and_then(|s| s.endpoints.into_iter().find(|e| e.addr == hung.addr))
-            .map(|e| e.health)
-    };
-    let mut ejected_after = None;
-    while stopped.elapsed() < Duration::from_secs(10) {
-        if health(&client) == Some(HealthState::Ejected) {
-            ejected_after = Some(stopped.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let ejected_after = super::ejection_of(&client, hung.addr).await;
     let ejected_after = ejected_after.expect("the hung backend was never ejected");
     // Stay hung for 3 s: probes time out and it is ejected again.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = load.done();
     let resumed = started.elapsed();
     hung.cont();
-    let back = common::eventually(Duration::from_secs(15), async || {
-        load.seen
-            .lock()
-            .unwrap()
-            .answers
-            .iter()
-            .any(|(t, b)| *t > resumed && b == "c0")
-    })
-    .await;
+    let back = load.answered_by_since("c0", resumed).await;
     let rejoined_after = started.elapsed() - resumed;
     load.until(load.done() + 500).await;
     let seen = load.finish().await;

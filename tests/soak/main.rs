@@ -73,16 +73,10 @@ fn write_atomic(path: &Path, text: &str) {
 
 /// Open file descriptors, tokio tasks alive, resident memory in KiB.
 fn usage() -> (usize, usize, u64) {
-    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let (fds, rss) = child::proc_usage("self");
     let tasks = tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
     (fds, tasks, rss)
 }
 
