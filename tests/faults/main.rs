@@ -137,6 +137,16 @@ impl Load {
     }
 }
 
+/// Outlier detection that acts within a test: eject after 3 failures, for 1 s to 2 s.
+pub fn quick_ejection() -> mesh::core::outlier::OutlierDetection {
+    mesh::core::outlier::OutlierDetection {
+        consecutive_failures: Some(3),
+        base_ejection_time: Duration::from_secs(1),
+        max_ejection_time: Duration::from_secs(2),
+        ..Default::default()
+    }
+}
+
 /// How long after now the client's balancer ejects `endpoint` (polled every 5 ms, for at
 /// most 10 s); `None` if it never does.
 pub async fn ejection_of(

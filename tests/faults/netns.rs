@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mesh::core::{ServiceConfig, outlier::OutlierDetection};
+use mesh::core::ServiceConfig;
 
 use super::{Load, child::Child, client, tally};
 
@@ -148,12 +148,7 @@ async fn netns_client() {
     let mut config = ServiceConfig::default();
     config.route.retries.per_try_timeout = Some(Duration::from_millis(300));
     config.destination.connect_timeout = Some(Duration::from_millis(500));
-    config.destination.balance.outlier_detection = Some(OutlierDetection {
-        consecutive_failures: Some(3),
-        base_ejection_time: Duration::from_secs(1),
-        max_ejection_time: Duration::from_secs(2),
-        ..OutlierDetection::default()
-    });
+    config.destination.balance.outlier_detection = Some(super::quick_ejection());
     let client = client(&addrs, config);
     let started = Instant::now();
     let load = Load::start(

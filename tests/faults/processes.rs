@@ -4,9 +4,7 @@
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use mesh::core::{
-    ServiceConfig, classify::FailureKind, outlier::OutlierDetection, policy::Protocol,
-};
+use mesh::core::{ServiceConfig, classify::FailureKind, policy::Protocol};
 
 use super::{
     Load,
@@ -24,12 +22,7 @@ async fn a_hung_backend_among_three_is_ejected_and_rejoins_after_sigcont() {
     let addrs: Vec<_> = kids.iter().map(|k| k.addr).collect();
     let mut config = ServiceConfig::default();
     config.route.retries.per_try_timeout = Some(Duration::from_millis(200));
-    config.destination.balance.outlier_detection = Some(OutlierDetection {
-        consecutive_failures: Some(3),
-        base_ejection_time: Duration::from_secs(1),
-        max_ejection_time: Duration::from_secs(2),
-        ..OutlierDetection::default()
-    });
+    config.destination.balance.outlier_detection = Some(super::quick_ejection());
     let client = client(&addrs, config);
     let started = Instant::now();
     let load = Load::start(&client, URI, 8, 100_000, Duration::from_secs(60));
