@@ -30,6 +30,8 @@ pub struct Sample {
     /// CPU time of this process (all threads) during the run, plus external processes'.
     pub cpu: Duration,
     pub first_error: Option<String>,
+    /// Share of the machine's CPU time the hypervisor took (steal) during the run, in percent.
+    pub steal_pct: f64,
     /// Scenario-specific figures.
     pub extra: std::collections::BTreeMap<&'static str, f64>,
 }
@@ -44,6 +46,7 @@ impl Sample {
             hist: Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("valid bounds"),
             cpu: Duration::ZERO,
             first_error: None,
+            steal_pct: f64::NAN,
             extra: Default::default(),
         }
     }
@@ -71,6 +74,29 @@ pub fn process_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// (steal, all) jiffies of every CPU so far, from the first line of /proc/stat, for
+/// [`steal_pct`].
+pub fn steal_now() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user already)
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    (v.len() == 8).then(|| (v[7], v.iter().sum()))
+}
+
+/// Hypervisor steal between two readings, in percent of all CPU time (NaN where /proc/stat is
+/// not there).
+pub fn steal_pct(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f64 {
+    match (before, after) {
+        (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => (s1 - s0) as f64 * 100.0 / (t1 - t0) as f64,
+        _ => f64::NAN,
+    }
+}
+
 /// Runs closed-loop load against `target`; `external_cpu` reports the CPU used by processes the
 /// request path crosses (e.g. a sidecar), sampled before and after.
 pub async fn run<T: Target>(
@@ -80,6 +106,7 @@ pub async fn run<T: Target>(
     external_cpu: &dyn Fn() -> Duration,
 ) -> Sample {
     let ext0 = external_cpu();
+    let steal0 = steal_now();
     let cpu0 = process_cpu();
     let start = Instant::now();
     let deadline = start + duration;
@@ -113,6 +140,7 @@ pub async fn run<T: Target>(
         hist: Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("valid bounds"),
         cpu: Duration::ZERO,
         first_error: None,
+        steal_pct: f64::NAN,
         extra: Default::default(),
     };
     for t in tasks {
@@ -126,5 +154,6 @@ pub async fn run<T: Target>(
     }
     sample.elapsed = start.elapsed();
     sample.cpu = (process_cpu() - cpu0) + external_cpu().saturating_sub(ext0);
+    sample.steal_pct = steal_pct(steal0, steal_now());
     sample
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- <scenario> [--duration SECS] [--rounds N]
-//!     [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...]
+//!     [--warmup SECS] [--json PATH] [--only VARIANT,...]
 //!     [--concurrency N,...]
 //! ```
 //!
@@ -69,20 +69,19 @@ pub struct Opts {
     warmup: Duration,
     rounds: usize,
     json: Option<PathBuf>,
-    sidecar_kit: PathBuf,
     /// Only these variants (for profiling one of them); all when empty.
     only: Vec<String>,
     /// Only these concurrencies; the scenario's own when empty.
     concurrency: Vec<usize>,
 }
 
-const USAGE: &str = "usage: bench <overhead|lb|faults|mtls|grpc|routing> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--sidecar-kit DIR] [--only VARIANT,...] [--concurrency N,...]";
+const USAGE: &str = "usage: bench <overhead|lb|faults|mtls|grpc|routing> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--only VARIANT,...] [--concurrency N,...]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     let mut scenario = None;
     let (mut duration, mut warmup, mut rounds) = (5.0f64, 1.0f64, 3usize);
-    let (mut json, mut kit, mut only, mut concurrency) = (None, None, Vec::new(), Vec::new());
+    let (mut json, mut only, mut concurrency) = (None, Vec::new(), Vec::new());
     while let Some(a) = args.next() {
         let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
         match a.as_str() {
@@ -92,7 +91,6 @@ fn parse_args() -> Result<Opts, String> {
             "--warmup" => warmup = value("--warmup")?.parse().map_err(|_| "bad --warmup")?,
             "--rounds" => rounds = value("--rounds")?.parse().map_err(|_| "bad --rounds")?,
             "--json" => json = Some(PathBuf::from(value("--json")?)),
-            "--sidecar-kit" => kit = Some(value("--sidecar-kit")?),
             "--only" => only = value("--only")?.split(',').map(str::to_owned).collect(),
             "--concurrency" => {
                 concurrency = value("--concurrency")?
@@ -120,7 +118,6 @@ fn parse_args() -> Result<Opts, String> {
         warmup: Duration::from_secs_f64(warmup),
         rounds,
         json,
-        sidecar_kit: sidecar::kit_dir(kit.as_deref()),
         only,
         concurrency,
     })
@@ -153,7 +150,7 @@ async fn rounds(opts: &Opts, variants: &[Variant], concurrencies: &[usize]) -> V
                 let v = &variants[(round + k) % n];
                 let sample = (v.run)(c, opts.warmup, opts.duration).await;
                 eprintln!(
-                    "round {}/{} {:>14} c{:<3} {:>9.0} rps  p50 {:>7.1} us  p99 {:>8.1} us  cpu {:>6.1} us/req  errors {}{}",
+                    "round {}/{} {:>17} c{:<3} {:>9.0} rps  p50 {:>7.1} us  p99 {:>8.1} us  cpu {:>6.1} us/req  steal {:>4.1} %  errors {}{}",
                     round + 1,
                     opts.rounds,
                     v.name,
@@ -162,6 +159,7 @@ async fn rounds(opts: &Opts, variants: &[Variant], concurrencies: &[usize]) -> V
                     sample.quantile_us(0.5),
                     sample.quantile_us(0.99),
                     sample.cpu_us_per_req(),
+                    sample.steal_pct,
                     sample.errors,
                     sample
                         .first_error
@@ -169,7 +167,7 @@ async fn rounds(opts: &Opts, variants: &[Variant], concurrencies: &[usize]) -> V
                         .map(|e| format!(" (first: {e})"))
                         .unwrap_or_default(),
                 );
-                runs.push((v.name.clone(), c, report::Run::from_sample(&sample)));
+                runs.push((v.name.clone(), c, report::Run::from_sample(round, &sample)));
             }
         }
     }
@@ -186,7 +184,7 @@ async fn main_async(opts: Opts) -> Result<bool, String> {
             (
                 rows,
                 checks,
-                "backend, client and load generator share one process and runtime; HAProxy CPU is added to its rows",
+                "backend, client and load generator share one process and runtime; the HAProxy and Envoy processes' CPU is added to their rows",
             )
         }
         "faults" => {
@@ -206,17 +204,17 @@ async fn main_async(opts: Opts) -> Result<bool, String> {
             (
                 rows,
                 checks,
-                "TLS 1.3, ECDSA P-256; raw-tls and mesh-mtls servers in process; the HAProxy sidecars' CPU is added to their rows",
+                "TLS 1.3, ECDSA P-256; raw-tls and mesh-mtls servers in process; the HAProxy and Envoy sidecars' CPU is added to their rows",
             )
         }
         "grpc" => {
-            let s = grpc::Grpc::new().await;
+            let s = grpc::Grpc::new().await?;
             let rows = rounds(&opts, &s.variants, &[1, 32]).await;
             let checks = grpc::Grpc::checks(&rows);
             (
                 rows,
                 checks,
-                "three tonic servers, client and load generator share one process and runtime; raw-tonic sends to one server, the others balance over three",
+                "three tonic servers, client and load generator share one process and runtime; raw-tonic and envoy-h2 send to one server, the others balance over three; Envoy's CPU is added to its row",
             )
         }
         "routing" => {

@@ -7,27 +7,33 @@ use serde::Serialize;
 use crate::load::Sample;
 
 /// One measured run, reduced to numbers.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Run {
+    /// The round it ran in (0-based): runs of one round ran back to back, so ratios of two
+    /// variants' runs in one round are paired samples.
+    pub round: usize,
     pub requests: u64,
     pub errors: u64,
     pub rps: f64,
     pub p50_us: f64,
     pub p99_us: f64,
     pub cpu_us_per_req: f64,
+    pub steal_pct: f64,
     /// Scenario-specific figures (e.g. success_pct), medianed like the others.
     pub extra: BTreeMap<&'static str, f64>,
 }
 
 impl Run {
-    pub fn from_sample(s: &Sample) -> Self {
+    pub fn from_sample(round: usize, s: &Sample) -> Self {
         Self {
+            round,
             requests: s.requests,
             errors: s.errors,
             rps: s.rps(),
             p50_us: s.quantile_us(0.5),
             p99_us: s.quantile_us(0.99),
             cpu_us_per_req: s.cpu_us_per_req(),
+            steal_pct: s.steal_pct,
             extra: s.extra.clone(),
         }
     }
@@ -52,11 +58,15 @@ pub struct Row {
     /// rps relative to the first variant at the same concurrency.
     pub ratio: f64,
     pub rounds: usize,
+    /// Median hypervisor steal during the row's runs, in percent of all CPU time.
+    pub steal_pct: f64,
     #[serde(flatten)]
     pub extra: BTreeMap<&'static str, f64>,
+    /// Every run of the row, in round order (for paired ratios).
+    pub runs: Vec<Run>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -119,7 +129,9 @@ pub fn rows(
                 },
                 ratio: if base > 0.0 { rps / base } else { f64::NAN },
                 rounds: mine.len(),
+                steal_pct: median(mine.iter().map(|r| r.steal_pct).collect()),
                 extra,
+                runs: mine.iter().map(|r| (*r).clone()).collect(),
             });
         }
     }
@@ -135,7 +147,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "{:<20} {:>4} {:>10} {:>7} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7}",
+        "{:<20} {:>4} {:>10} {:>7} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7} {:>6}",
         "variant",
         "conc",
         "requests",
@@ -145,7 +157,8 @@ pub fn table(rows: &[Row]) -> String {
         "p99_us",
         "cpu_us/r",
         "spread%",
-        "ratio"
+        "ratio",
+        "steal%"
     );
     for k in &extra_keys {
         let _ = write!(s, " {k:>20}");
@@ -154,7 +167,7 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         let _ = write!(
             s,
-            "{:<20} {:>4} {:>10} {:>7} {:>9.0} {:>9.1} {:>9.1} {:>8.1} {:>7.1} {:>7.3}",
+            "{:<20} {:>4} {:>10} {:>7} {:>9.0} {:>9.1} {:>9.1} {:>8.1} {:>7.1} {:>7.3} {:>6.1}",
             r.variant,
             r.concurrency,
             r.requests,
@@ -164,7 +177,8 @@ pub fn table(rows: &[Row]) -> String {
             r.p99_us,
             r.cpu_us_per_req,
             r.rps_spread_pct,
-            r.ratio
+            r.ratio,
+            r.steal_pct
         );
         for k in &extra_keys {
             match r.extra.get(k) {
@@ -227,4 +241,66 @@ pub struct Report<'a> {
 pub fn find<'a>(rows: &'a [Row], variant: &str, concurrency: usize) -> Option<&'a Row> {
     rows.iter()
         .find(|r| r.variant == variant && r.concurrency == concurrency)
+}
+
+/// A figure computed round by round from two rows' runs of the same round (paired samples: the
+/// two variants ran back to back), then summarised.
+#[derive(Clone, Debug)]
+pub struct Paired {
+    /// One value per round both rows ran in.
+    pub per_round: Vec<f64>,
+}
+
+impl Paired {
+    /// `f(a's run, b's run)` for every round both ran in.
+    pub fn new(a: &Row, b: &Row, f: impl Fn(&Run, &Run) -> f64) -> Self {
+        let per_round = a
+            .runs
+            .iter()
+            .filter_map(|ra| {
+                b.runs
+                    .iter()
+                    .find(|rb| rb.round == ra.round)
+                    .map(|rb| f(ra, rb))
+            })
+            .collect();
+        Self { per_round }
+    }
+
+    pub fn median(&self) -> f64 {
+        median(self.per_round.clone())
+    }
+
+    /// Round by round `self / other` (e.g. mesh's added cost over a sidecar's, per round).
+    pub fn over(&self, other: &Paired) -> Paired {
+        Paired {
+            per_round: self
+                .per_round
+                .iter()
+                .zip(&other.per_round)
+                .map(|(a, b)| a / b)
+                .collect(),
+        }
+    }
+
+    /// How many rounds satisfy `pass`.
+    pub fn passing(&self, pass: impl Fn(f64) -> bool) -> usize {
+        self.per_round.iter().filter(|v| pass(**v)).count()
+    }
+
+    /// "median M (rounds: a b c), K/N rounds pass" for a check's measured text.
+    pub fn describe(&self, precision: usize, pass: impl Fn(f64) -> bool) -> String {
+        let each: Vec<String> = self
+            .per_round
+            .iter()
+            .map(|v| format!("{v:.precision$}"))
+            .collect();
+        format!(
+            "paired median {:.precision$} (per round: {}), {}/{} rounds pass",
+            self.median(),
+            each.join(" "),
+            self.passing(pass),
+            self.per_round.len()
+        )
+    }
 }
