@@ -57,6 +57,12 @@ pub async fn start_with(behavior: Behavior) -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind backend");
+    serve(listener, behavior)
+}
+
+/// A backend answering on `listener` (bound by the caller: the `scale` scenario's listens on
+/// every loopback address).
+pub fn serve(listener: TcpListener, behavior: Behavior) -> Backend {
     let addr = listener.local_addr().expect("local addr");
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = hits.clone();
@@ -66,6 +72,8 @@ pub async fn start_with(behavior: Behavior) -> Backend {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            // Reap finished connections: the scale scenario opens tens of thousands.
+            while conns.try_join_next().is_some() {}
             let _ = stream.set_nodelay(true);
             let counter = counter.clone();
             conns.spawn(async move {

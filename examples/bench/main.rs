@@ -36,6 +36,11 @@
 //!   time to reload 1,000 VirtualServices and 1,000 DestinationRules under load, and the
 //!   requests that failed meanwhile.
 //!
+//! - `scale`: one service with 10, 1,000 and 10,000 endpoints (`endpoints-N`, c32); then, at
+//!   10,000, endpoints added / re-weighted / removed under load (time until the balancer holds
+//!   the change), memory per idle endpoint, and 1,000 services in one client (memory, first
+//!   request latency). See `scale.rs`.
+//!
 //! The backend, the load generator and the client share one tokio runtime with one worker per
 //! core; their CPU is in every variant alike (it dilutes ratios: say so next to them). HAProxy is
 //! a separate process whose CPU is added to `cpu_us_per_req`.
@@ -46,6 +51,7 @@ mod load;
 mod mtls;
 mod report;
 mod routing;
+mod scale;
 mod scenarios;
 mod sidecar;
 mod targets;
@@ -75,7 +81,7 @@ pub struct Opts {
     concurrency: Vec<usize>,
 }
 
-const USAGE: &str = "usage: bench <overhead|lb|faults|mtls|grpc|routing> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--only VARIANT,...] [--concurrency N,...]";
+const USAGE: &str = "usage: bench <overhead|lb|faults|mtls|grpc|routing|scale> [--duration SECS] [--rounds N] [--warmup SECS] [--json PATH] [--only VARIANT,...] [--concurrency N,...]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
@@ -176,6 +182,8 @@ async fn rounds(opts: &Opts, variants: &[Variant], concurrencies: &[usize]) -> V
 }
 
 async fn main_async(opts: Opts) -> Result<bool, String> {
+    // Scenario figures beside the rows, for `--json`.
+    let mut extra = None;
     let (rows, checks, note) = match opts.scenario.as_str() {
         "overhead" => {
             let s = scenarios::Overhead::new(&opts).await?;
@@ -235,6 +243,19 @@ async fn main_async(opts: Opts) -> Result<bool, String> {
                 "two backends, client and load generator share one process and runtime; raw sends to one backend",
             )
         }
+        "scale" => {
+            let mut s = scale::Scale::new().await?;
+            let rows = rounds(&opts, &s.variants, &[32]).await;
+            s.measure(opts.duration).await?;
+            eprintln!("{}", s.summary());
+            let checks = s.checks(&rows);
+            extra = Some(serde_json::to_value(&s.extra).map_err(|e| e.to_string())?);
+            (
+                rows,
+                checks,
+                "one backend process on every loopback address; client and load generator share one process, whose CPU alone is counted; every endpoint holds its pooled connection",
+            )
+        }
         "lb" => {
             let s = scenarios::Lb::new().await;
             let rows = rounds(&opts, &s.variants, &[16]).await;
@@ -270,6 +291,7 @@ async fn main_async(opts: Opts) -> Result<bool, String> {
             note,
             rows: &rows,
             checks: &checks,
+            extra,
         };
         let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -279,6 +301,9 @@ async fn main_async(opts: Opts) -> Result<bool, String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(scale::BACKEND_ARG) {
+        return scale::backend_main();
+    }
     let opts = match parse_args() {
         Ok(o) => o,
         Err(e) => {

@@ -236,6 +236,9 @@ pub struct Report<'a> {
     pub note: &'a str,
     pub rows: &'a [Row],
     pub checks: &'a [Check],
+    /// Scenario figures that are not rows (e.g. `scale`'s change times and memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Value>,
 }
 
 pub fn find<'a>(rows: &'a [Row], variant: &str, concurrency: usize) -> Option<&'a Row> {

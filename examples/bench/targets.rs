@@ -85,3 +85,48 @@ impl Target for Mesh {
         async move { finish(fut.await).await }
     }
 }
+
+/// hyper-util's pooled client spread over many endpoints: each request to one of `uris` at
+/// random (after a first sweep that visits each in turn, so that every one holds its pooled
+/// connection), as an application balancing by hand would send. The `scale` scenario's
+/// reference: what many connections cost without mesh.
+pub struct RawSpread {
+    client: Client<HttpConnector, Body>,
+    uris: Vec<http::Uri>,
+    sweep: std::sync::atomic::AtomicUsize,
+}
+
+impl RawSpread {
+    pub fn new(addrs: impl IntoIterator<Item = std::net::SocketAddr>) -> Self {
+        let uris = addrs
+            .into_iter()
+            .map(|a| format!("http://{a}/").parse().expect("valid bench URI"))
+            .collect();
+        Self {
+            client: Raw::new("http://127.0.0.1/").client,
+            uris,
+            sweep: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether every endpoint has been sent to once.
+    pub fn swept(&self) -> bool {
+        self.sweep.load(std::sync::atomic::Ordering::Relaxed) >= self.uris.len()
+    }
+}
+
+impl Target for RawSpread {
+    fn send(&self) -> impl Future<Output = Result<(), String>> + Send + 'static {
+        let n = self.uris.len();
+        let k = self
+            .sweep
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let uri = if k < n { k } else { fastrand::usize(..n) };
+        let fut = self.client.request(
+            Request::get(self.uris[uri].clone())
+                .body(Empty::new())
+                .expect("valid request"),
+        );
+        async move { finish(fut.await).await }
+    }
+}

@@ -180,6 +180,37 @@ pub fn backend_of<B>(rsp: &Response<B>) -> String {
         .to_owned()
 }
 
+/// A mesh-hyper server on loopback behind `acceptor` (its TLS mode) and `authz`: answers 200
+/// "ok" with the caller's SPIFFE ID in `x-peer` ("plaintext" without one) and the request's
+/// HTTP version in `x-seen-version`. It runs until the test's runtime stops.
+pub async fn peer_server(
+    acceptor: mesh::hyper::server::Acceptor,
+    authz: Option<mesh::core::authz::Authorizer>,
+) -> SocketAddr {
+    use mesh::core::identity::PeerIdentity;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("a bound listener");
+    let app = tower::service_fn(|req: Request<Incoming>| async move {
+        let peer = match req.extensions().get::<PeerIdentity>() {
+            Some(PeerIdentity(Some(id))) => id.to_string(),
+            _ => "plaintext".to_owned(),
+        };
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("x-peer", peer)
+                .header("x-seen-version", format!("{:?}", req.version()))
+                .body(Full::new(Bytes::from("ok")))
+                .expect("a valid response"),
+        )
+    });
+    let authz = mesh::hyper::server::AuthzLayer::new(Arc::new(authz.unwrap_or_default()));
+    let svc = tower::ServiceBuilder::new().layer(authz).service(app);
+    tokio::spawn(mesh::hyper::server::serve(listener, acceptor, svc));
+    addr
+}
+
 /// Polls `check` every 20 ms until it holds or `within` passes; returns whether it held.
 pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;

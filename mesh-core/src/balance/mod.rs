@@ -297,32 +297,42 @@ impl<S, C> Balancer<S, C> {
     pub fn endpoints(&self) -> Vec<EndpointStats> {
         let table = self.shared.table.load();
         let now = nanos_since(self.shared.epoch, Instant::now());
-        table
+        table.slots.iter().map(|s| self.stats(s, now)).collect()
+    }
+
+    /// One endpoint as the balancer sees it now, if it is in the current set: a binary search
+    /// (the table is sorted by address), cheap at any size, where [`endpoints`](Self::endpoints)
+    /// copies them all.
+    pub fn endpoint(&self, addr: std::net::SocketAddr) -> Option<EndpointStats> {
+        let table = self.shared.table.load();
+        let now = nanos_since(self.shared.epoch, Instant::now());
+        let i = table
             .slots
-            .iter()
-            .map(|s| {
-                let health = s.health.state();
-                let (ejections, readmissions) = s.health.transitions();
-                EndpointStats {
-                    addr: s.endpoint.addr,
-                    weight: s.endpoint.weight,
-                    labels: s.endpoint.labels.clone(),
-                    in_flight: s.load.in_flight(),
-                    ewma_latency: s
-                        .load
-                        .estimate_ns(now, self.shared.decay_ns)
-                        .map(|ns| Duration::from_nanos(ns as u64)),
-                    health,
-                    probe_in: (health == HealthState::Ejected).then(|| {
-                        Duration::from_nanos(s.health.ejected_until_ns().saturating_sub(now))
-                    }),
-                    window: self.shared.outlier.window_totals(&s.health),
-                    ejections,
-                    readmissions,
-                    responses: s.health.responses(),
-                }
-            })
-            .collect()
+            .binary_search_by_key(&addr, |s| s.endpoint.addr)
+            .ok()?;
+        Some(self.stats(&table.slots[i], now))
+    }
+
+    fn stats(&self, s: &table::Slot<S>, now: u64) -> EndpointStats {
+        let health = s.health.state();
+        let (ejections, readmissions) = s.health.transitions();
+        EndpointStats {
+            addr: s.endpoint.addr,
+            weight: s.endpoint.weight,
+            labels: s.endpoint.labels.clone(),
+            in_flight: s.load.in_flight(),
+            ewma_latency: s
+                .load
+                .estimate_ns(now, self.shared.decay_ns)
+                .map(|ns| Duration::from_nanos(ns as u64)),
+            health,
+            probe_in: (health == HealthState::Ejected)
+                .then(|| Duration::from_nanos(s.health.ejected_until_ns().saturating_sub(now))),
+            window: self.shared.outlier.window_totals(&s.health),
+            ejections,
+            readmissions,
+            responses: s.health.responses(),
+        }
     }
 }
 

@@ -120,13 +120,22 @@ impl<B: RequestBody, D: Dialect> Dest<B, D> {
         rebuilt
     }
 
+    /// One endpoint, from the first backend that holds it.
+    pub(super) fn endpoint(&self, addr: std::net::SocketAddr) -> Option<EndpointStats> {
+        let routing = self.routing.load();
+        routing.backends().find_map(|b| b.balancer.endpoint(addr))
+    }
+
     /// The endpoints of every backend the routes use (each address once).
     pub(super) fn endpoints(&self) -> Vec<EndpointStats> {
         let routing = self.routing.load();
         let mut out: Vec<EndpointStats> = Vec::new();
+        // Subsets share addresses with the service's own backend: list each address once
+        // (a set, not a scan: a service may have 10,000 endpoints).
+        let mut seen = std::collections::HashSet::new();
         for b in routing.backends() {
             for e in b.balancer.endpoints() {
-                if !out.iter().any(|o| o.addr == e.addr) {
+                if seen.insert(e.addr) {
                     out.push(e);
                 }
             }

@@ -60,6 +60,7 @@ mod tls;
 use std::{
     collections::HashMap,
     fmt,
+    net::SocketAddr,
     sync::{Arc, Mutex},
     task::{Context, Poll},
 };
@@ -280,6 +281,14 @@ where
     pub fn endpoints(&self, service: &ServiceName) -> Option<Vec<EndpointStats>> {
         let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
         self.find(&by_name, service).map(|d| d.endpoints())
+    }
+
+    /// One endpoint of a service as its balancer sees it, if the client has sent to the
+    /// service and the endpoint is in its current set: a lookup, cheap at any size, where
+    /// [`endpoints`](Self::endpoints) copies them all.
+    pub fn endpoint(&self, service: &ServiceName, addr: SocketAddr) -> Option<EndpointStats> {
+        let by_name = self.inner.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        self.find(&by_name, service).and_then(|d| d.endpoint(addr))
     }
 
     /// Mirror counters of a service (copies sent, failed, skipped), if the client has sent to it.
