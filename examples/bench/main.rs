@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- <scenario> [--duration SECS] [--rounds N]
-//!     [--warmup SECS] [--json PATH] [--only VARIANT,...]
+//!     [--warmup SECS] [--json PATH (and PATH.svg beside it)] [--only VARIANT,...]
 //!     [--concurrency N,...]
 //! ```
 //!
@@ -46,6 +46,7 @@
 //! a separate process whose CPU is added to `cpu_us_per_req`.
 
 mod backend;
+mod chart;
 mod grpc;
 mod load;
 mod mtls;
@@ -296,6 +297,16 @@ async fn main_async(opts: Opts) -> Result<bool, String> {
         let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
         println!("wrote {}", path.display());
+        // The chart beside it: CPU per request, p50 and p99 per row.
+        let svg_path = path.with_extension("svg");
+        let title = format!(
+            "mesh bench: {} ({} rounds, medians)",
+            opts.scenario, opts.rounds
+        );
+        let bars: Vec<chart::Bar> = rows.iter().map(chart::Bar::from).collect();
+        std::fs::write(&svg_path, chart::svg(&title, &bars))
+            .map_err(|e| format!("writing {}: {e}", svg_path.display()))?;
+        println!("wrote {}", svg_path.display());
     }
     Ok(checks.iter().all(|c| c.pass))
 }
@@ -303,6 +314,23 @@ async fn main_async(opts: Opts) -> Result<bool, String> {
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some(scale::BACKEND_ARG) {
         return scale::backend_main();
+    }
+    // `bench chart FILE.json`: the chart of a report written earlier, beside it.
+    if std::env::args().nth(1).as_deref() == Some("chart") {
+        let Some(path) = std::env::args().nth(2) else {
+            eprintln!("usage: bench chart REPORT.json");
+            return ExitCode::from(2);
+        };
+        return match chart::from_report(std::path::Path::new(&path)) {
+            Ok(out) => {
+                println!("wrote {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("bench chart: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     let opts = match parse_args() {
         Ok(o) => o,
