@@ -119,7 +119,9 @@ async fn strict_server_refuses_plaintext_and_clients_without_a_certificate() {
         "{err}"
     );
     // TLS without a client certificate.
-    let err = raw_tls_request(addr, &pki, None).await.unwrap_err();
+    let err = common::pki::tls_get(addr, &pki.bundle(), None)
+        .await
+        .unwrap_err();
     assert!(
         err.contains("CertificateRequired") || err.contains("certificate"),
         "{err}"
@@ -137,14 +139,14 @@ async fn certificates_from_another_ca_or_expired_are_rejected() {
 
     let other = Pki::named("foreign CA");
     let foreign = other.workload("intruder", "productpage");
-    let err = raw_tls_request(addr, &pki, Some(&foreign))
+    let err = common::pki::tls_get(addr, &pki.bundle(), Some(&foreign))
         .await
         .unwrap_err();
     assert!(err.contains("UnknownCA"), "{err}");
     // A foreign CA that copies the real CA's name: its signature does not verify.
     let impostor = Pki::named("test CA");
     let forged = impostor.workload("forged", "productpage");
-    let err = raw_tls_request(addr, &pki, Some(&forged))
+    let err = common::pki::tls_get(addr, &pki.bundle(), Some(&forged))
         .await
         .unwrap_err();
     assert!(
@@ -164,7 +166,7 @@ async fn certificates_from_another_ca_or_expired_are_rejected() {
         .unwrap();
     let (c, k) = expired.write(pki.dir.path(), "expired").unwrap();
     let expired_files = TlsFiles::new(c, k, pki.bundle());
-    let err = raw_tls_request(addr, &pki, Some(&expired_files))
+    let err = common::pki::tls_get(addr, &pki.bundle(), Some(&expired_files))
         .await
         .unwrap_err();
     assert!(err.to_lowercase().contains("expired"), "{err}");
@@ -488,66 +490,13 @@ fn pem_der(pem: &str) -> Vec<u8> {
         .to_vec()
 }
 
-fn raw_config(pki: &Pki, client_cert: Option<&TlsFiles>) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(pki.bundle()).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match client_cert {
-        None => b.with_no_client_auth(),
-        Some(f) => {
-            let chain: Vec<_> = CertificateDer::pem_file_iter(&f.cert_chain)
-                .unwrap()
-                .map(|c| c.unwrap())
-                .collect();
-            let key = PrivateKeyDer::from_pem_file(&f.key).unwrap();
-            b.with_client_auth_cert(chain, key).unwrap()
-        }
-    };
-    Arc::new(config)
-}
-
-/// Handshakes and sends one HTTP/1.1 request; the server's refusal of a client certificate
-/// (TLS 1.3) shows up on the first read.
-async fn raw_tls_request(
-    addr: SocketAddr,
-    pki: &Pki,
-    client_cert: Option<&TlsFiles>,
-) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let connector = tokio_rustls::TlsConnector::from(raw_config(pki, client_cert));
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    tls.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let mut out = String::new();
-    tls.read_to_string(&mut out)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    if out.starts_with("HTTP/1.1 200") {
-        Ok(out)
-    } else {
-        Err(out)
-    }
-}
-
 /// The certificate a server presents to a new connection.
 async fn presented_cert(addr: SocketAddr, pki: &Pki) -> Vec<u8> {
     let client_files = pki.workload("probe", "probe");
-    let connector = tokio_rustls::TlsConnector::from(raw_config(pki, Some(&client_files)));
+    let connector = tokio_rustls::TlsConnector::from(common::pki::client_config(
+        &pki.bundle(),
+        Some(&client_files),
+    ));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();

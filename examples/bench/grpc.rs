@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, transport::Channel};
 use crate::{
     Variant,
     load::Target,
-    report::{Check, Paired, Row, find},
+    report::{Check, Rounds, Row, find, rps_ratio},
     scenarios::{no_external, per_run},
     sidecar::{Sidecar, envoy::Proto},
 };
@@ -203,36 +203,30 @@ impl Grpc {
         ) else {
             return out;
         };
-        let r = Paired::new(mesh, raw, |m, r| m.rps / r.rps);
-        out.push(Check::new(
+        out.push(rps_ratio(
             "mesh >= 0.90x raw-tonic rps at c32",
-            format!(
-                "{:.3}x medians; {}",
-                mesh.rps / raw.rps,
-                r.describe(3, |v| v >= 0.90)
-            ),
-            r.median() >= 0.90,
+            mesh,
+            raw,
+            0.90,
+            3,
+            Rounds::Median,
         ));
-        let b = Paired::new(mesh, balance, |m, b| m.rps / b.rps);
-        out.push(Check::new(
+        out.push(rps_ratio(
             "mesh >= 1.05x tonic-balance rps at c32, every round",
-            format!(
-                "{:.3}x medians; {}",
-                mesh.rps / balance.rps,
-                b.describe(3, |v| v >= 1.05)
-            ),
-            b.passing(|v| v >= 1.05) == b.per_round.len(),
+            mesh,
+            balance,
+            1.05,
+            3,
+            Rounds::Every,
         ));
         if let Some(hop) = find(rows, "envoy-h2", 32) {
-            let h = Paired::new(mesh, hop, |m, h| m.rps / h.rps);
-            out.push(Check::new(
+            out.push(rps_ratio(
                 "mesh >= 3x the envoy-h2 hop's rps at c32",
-                format!(
-                    "{:.2}x medians; {}",
-                    mesh.rps / hop.rps,
-                    h.describe(2, |v| v >= 3.0)
-                ),
-                h.median() >= 3.0,
+                mesh,
+                hop,
+                3.0,
+                2,
+                Rounds::Median,
             ));
         }
         out

@@ -14,7 +14,7 @@ use mesh::{
 use crate::{
     Opts, Variant, backend,
     load::{self, Target},
-    report::{Check, Paired, Row, find},
+    report::{Check, Rounds, Row, added_cpu_share, find, rps_ratio},
     scenarios::{no_external, per_run, through},
     sidecar::{Sidecar, envoy::Proto},
     targets,
@@ -129,19 +129,16 @@ impl Mtls {
         ) else {
             return out;
         };
-        let p = Paired::new(mesh, raw_tls, |m, t| m.rps / t.rps);
-        out.push(Check::new(
+        out.push(rps_ratio(
             "mesh-mtls >= 0.90x raw-tls rps at c32",
-            format!(
-                "{:.3}x medians; {}",
-                mesh.rps / raw_tls.rps,
-                p.describe(3, |v| v >= 0.90)
-            ),
-            p.median() >= 0.90,
+            mesh,
+            raw_tls,
+            0.90,
+            3,
+            Rounds::Median,
         ));
         // Added CPU per request over plain HTTP: mesh's mTLS (crypto included) against the
         // two-sidecar path's (both sidecar processes plus what they cause in client and backend).
-        let added = Paired::new(mesh, raw, |m, r| m.cpu_us_per_req - r.cpu_us_per_req);
         for (path, limit) in [
             ("envoy-2hop-mtls", 1.0 / 30.0),
             ("haproxy-2hop-mtls", 1.0 / 3.0),
@@ -149,20 +146,15 @@ impl Mtls {
             let Some(hop) = find(rows, path, 32) else {
                 continue;
             };
-            let hop_added = Paired::new(hop, raw, |h, r| h.cpu_us_per_req - r.cpu_us_per_req);
-            let ratio = added.over(&hop_added);
-            out.push(Check::new(
+            out.push(added_cpu_share(
                 format!(
                     "mesh-mtls's added CPU per request <= 1/{:.0} of the {path} path's at c32",
                     1.0 / limit
                 ),
-                format!(
-                    "mesh mTLS adds {:.2} us/req, the {path} path {:.2} us/req; {}",
-                    added.median(),
-                    hop_added.median(),
-                    ratio.describe(4, |v| v <= limit)
-                ),
-                ratio.median() <= limit,
+                "mesh mTLS",
+                &format!("the {path} path"),
+                (mesh, raw, hop),
+                limit,
             ));
         }
         for c in [1, 32] {

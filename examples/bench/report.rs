@@ -307,3 +307,63 @@ impl Paired {
         )
     }
 }
+
+/// Which rounds a paired figure must pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounds {
+    /// The median of the per-round ratios.
+    Median,
+    /// Every round.
+    Every,
+}
+
+/// The check "`a`'s rps ≥ `min` × `b`'s": the ratio of the medians beside the per-round paired
+/// ratios, passing by `rounds`.
+pub fn rps_ratio(
+    figure: impl Into<String>,
+    a: &Row,
+    b: &Row,
+    min: f64,
+    precision: usize,
+    rounds: Rounds,
+) -> Check {
+    let p = Paired::new(a, b, |x, y| x.rps / y.rps);
+    let pass = match rounds {
+        Rounds::Median => p.median() >= min,
+        Rounds::Every => p.passing(|v| v >= min) == p.per_round.len(),
+    };
+    Check::new(
+        figure,
+        format!(
+            "{:.precision$}x medians; {}",
+            a.rps / b.rps,
+            p.describe(precision, |v| v >= min)
+        ),
+        pass,
+    )
+}
+
+/// The check "what `mesh` adds in CPU per request over `raw` is ≤ `limit` of what the sidecar
+/// path `hop` adds over it" (the hop's own processes plus the work it causes in client and
+/// backend), round by round. `what` names mesh's side ("mesh", "mesh mTLS"), `path` the hop's.
+pub fn added_cpu_share(
+    figure: impl Into<String>,
+    what: &str,
+    path: &str,
+    (mesh, raw, hop): (&Row, &Row, &Row),
+    limit: f64,
+) -> Check {
+    let added = Paired::new(mesh, raw, |m, r| m.cpu_us_per_req - r.cpu_us_per_req);
+    let hop_added = Paired::new(hop, raw, |h, r| h.cpu_us_per_req - r.cpu_us_per_req);
+    let ratio = added.over(&hop_added);
+    Check::new(
+        figure,
+        format!(
+            "{what} adds {:.2} us/req, {path} {:.2} us/req; {}",
+            added.median(),
+            hop_added.median(),
+            ratio.describe(4, |v| v <= limit)
+        ),
+        ratio.median() <= limit,
+    )
+}

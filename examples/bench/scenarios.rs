@@ -18,7 +18,7 @@ use mesh::hyper::{ClientSettings, MeshClient};
 use crate::{
     Opts, Variant, backend,
     load::{self, Target},
-    report::{Check, Paired, Row, find},
+    report::{Check, Paired, Rounds, Row, added_cpu_share, find, rps_ratio},
     sidecar::{Sidecar, envoy::Proto},
     targets,
 };
@@ -191,15 +191,13 @@ impl Overhead {
     pub fn checks(rows: &[Row]) -> Vec<Check> {
         let mut out = Vec::new();
         if let (Some(raw), Some(mesh)) = (find(rows, "raw", 32), find(rows, "mesh", 32)) {
-            let p = Paired::new(mesh, raw, |m, r| m.rps / r.rps);
-            out.push(Check::new(
+            out.push(rps_ratio(
                 "mesh >= 0.90x raw rps at c32",
-                format!(
-                    "{:.3}x medians; {}",
-                    mesh.rps / raw.rps,
-                    p.describe(3, |v| v >= 0.90)
-                ),
-                p.median() >= 0.90,
+                mesh,
+                raw,
+                0.90,
+                3,
+                Rounds::Median,
             ));
         }
         for sidecar in ["envoy", "haproxy"] {
@@ -210,28 +208,20 @@ impl Overhead {
             ) else {
                 continue;
             };
-            // Added CPU per request: the mesh client's over raw, against the sidecar's (its
-            // own process plus the extra work it causes in the client and backend).
-            let share = Paired::new(mesh, raw, |m, r| m.cpu_us_per_req - r.cpu_us_per_req);
-            let hop_added = Paired::new(hop, raw, |h, r| h.cpu_us_per_req - r.cpu_us_per_req);
-            let ratio = share.over(&hop_added);
             let limit = if sidecar == "envoy" {
                 1.0 / 30.0
             } else {
                 1.0 / 3.0
             };
-            out.push(Check::new(
+            out.push(added_cpu_share(
                 format!(
                     "mesh's added CPU per request <= 1/{:.0} of one {sidecar} hop's at c32",
                     1.0 / limit
                 ),
-                format!(
-                    "mesh adds {:.2} us/req, the {sidecar} hop {:.2} us/req; {}",
-                    share.median(),
-                    hop_added.median(),
-                    ratio.describe(4, |v| v <= limit)
-                ),
-                ratio.median() <= limit,
+                "mesh",
+                &format!("the {sidecar} hop"),
+                (mesh, raw, hop),
+                limit,
             ));
         }
         for c in [1, 32] {

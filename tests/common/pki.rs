@@ -50,18 +50,13 @@ impl Pki {
     }
 }
 
-/// One HTTP/1.1 `GET /` over TLS from a raw rustls client, for what a mesh client never does
-/// (no client certificate, one from another CA or trust domain): trusts `bundle`, verifies the
-/// server name `localhost`, presents `client_cert` when given. `Ok(response)` when the status
-/// is 200; otherwise `Err` with the response or the TLS / IO error (a TLS 1.3 server refuses a
-/// client certificate after the handshake, so that shows up on the first read).
-pub async fn tls_get(
-    addr: std::net::SocketAddr,
+/// A raw rustls client configuration (ring): trusts `bundle`, presents `client_cert` when
+/// given.
+pub fn client_config(
     bundle: &std::path::Path,
     client_cert: Option<&TlsFiles>,
-) -> Result<String, String> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(bundle).expect("a readable trust bundle") {
         roots
@@ -86,7 +81,22 @@ pub async fn tls_get(
                 .expect("a usable client certificate")
         }
     };
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    std::sync::Arc::new(config)
+}
+
+/// One HTTP/1.1 `GET /` over TLS from a raw rustls client, for what a mesh client never does
+/// (no client certificate, one from another CA or trust domain): trusts `bundle`, verifies the
+/// server name `localhost`, presents `client_cert` when given. `Ok(response)` when the status
+/// is 200; otherwise `Err` with the response or the TLS / IO error (a TLS 1.3 server refuses a
+/// client certificate after the handshake, so that shows up on the first read).
+pub async fn tls_get(
+    addr: std::net::SocketAddr,
+    bundle: &std::path::Path,
+    client_cert: Option<&TlsFiles>,
+) -> Result<String, String> {
+    use rustls::pki_types::ServerName;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = tokio_rustls::TlsConnector::from(client_config(bundle, client_cert));
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
