@@ -14,7 +14,7 @@ use super::{
 async fn delays_and_aborts_hit_their_share_of_requests() {
     let f = Fixture::new().await;
     f.write_vs(&vs(r#"  - fault:
-      delay: {fixedDelay: 100ms, percentage: {value: 50}}
+      delay: {fixedDelay: 400ms, percentage: {value: 50}}
       abort: {httpStatus: 503, percentage: {value: 25}}
     route:
     - destination: {host: reviews, subset: v1}
@@ -38,7 +38,8 @@ async fn delays_and_aborts_hit_their_share_of_requests() {
             Ok(rsp) => {
                 assert_eq!(backend_of(&rsp), "v1");
                 ok += 1;
-                if took >= Duration::from_millis(95) {
+                // A delay long enough that no undelayed request of a loaded machine takes it.
+                if took >= Duration::from_millis(390) {
                     delayed += 1;
                 }
             }

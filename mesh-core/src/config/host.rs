@@ -48,7 +48,7 @@ impl Naming {
         if host.contains('.') || host.contains('*') || host.parse::<IpAddr>().is_ok() {
             host
         } else {
-            format!("{host}.{ns}.svc.{}", self.cluster_domain)
+            [host.as_str(), ".", ns, ".svc.", &self.cluster_domain].concat()
         }
     }
 

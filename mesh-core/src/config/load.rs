@@ -3,8 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use std::borrow::Cow;
+
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use crate::yaml::node::Node;
 
 use super::{
     ConfigError, Workload,
@@ -65,6 +69,10 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
     Ok(out)
 }
 
+/// Files of at least this many documents are converted on two threads (on a machine with
+/// two cores or more).
+const PARALLEL_DOCUMENTS: usize = 256;
+
 /// Converts the documents of one file's `text`, appending problems to `problems`.
 pub(crate) fn convert_text(
     file: &Path,
@@ -97,50 +105,91 @@ pub(crate) fn convert_text(
         Ok(v) => v,
         Err(reason) => return fail(problems, reason),
     };
-    let mut index = 0usize;
-    for v in values {
-        for item in items(v) {
-            index += 1;
-            document(file, index, item, workload, lenient, problems, out);
-        }
+    let mut docs: Vec<Node<'_>> = values.into_iter().flat_map(items).collect();
+    if docs.is_empty() {
+        return fail(problems, "the file holds no document".into());
     }
-    if index == 0 {
-        fail(problems, "the file holds no document".into());
+    // Many documents are converted on two threads, each half into its own lists, appended
+    // in document order.
+    let second = if docs.len() >= PARALLEL_DOCUMENTS && crate::yaml::two_cores() {
+        docs.split_off(docs.len() / 2)
+    } else {
+        Vec::new()
+    };
+    let first = docs.len();
+    let convert = |docs: Vec<Node<'_>>, from: usize, p: &mut Vec<ConfigError>, o: &mut Vec<Doc>| {
+        for (i, item) in docs.into_iter().enumerate() {
+            document(file, from + i + 1, item, workload, lenient, p, o);
+        }
+    };
+    let rest = std::thread::scope(|s| {
+        let other = (!second.is_empty()).then(|| {
+            s.spawn(|| {
+                let (mut p, mut o) = (Vec::new(), Vec::new());
+                convert(second, first, &mut p, &mut o);
+                (p, o)
+            })
+        });
+        convert(docs, 0, problems, out);
+        other.map(|h| h.join())
+    });
+    match rest {
+        Some(Ok((p, o))) => {
+            problems.extend(p);
+            out.extend(o);
+        }
+        Some(Err(panic)) => std::panic::resume_unwind(panic),
+        None => {}
     }
 }
 
 /// The documents of one parsed value: a `List`'s items (`kubectl get -o yaml` writes one),
 /// nothing for an empty document, else the value itself.
-fn items(v: Value) -> Vec<Value> {
+fn items(v: Node<'_>) -> Vec<Node<'_>> {
     match v {
-        Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => m
-            .get("items")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default(),
-        Value::Null => Vec::new(),
+        Node::Map(entries)
+            if entries
+                .iter()
+                .any(|(k, v)| k == "kind" && v.as_str() == Some("List")) =>
+        {
+            entries
+                .into_iter()
+                .find(|(k, _)| k == "items")
+                .and_then(|(_, v)| match v {
+                    Node::Seq(items) => Some(items),
+                    _ => None,
+                })
+                .unwrap_or_default()
+        }
+        Node::Null => Vec::new(),
         v => vec![v],
     }
 }
 
 /// Parses a file's text into one value per document (JSON for `.json` files and texts that
 /// look like JSON, else multi-document YAML within [`crate::yaml`]'s budget).
-fn parse(file: &Path, text: &str) -> Result<Vec<Value>, String> {
+fn parse<'t>(file: &Path, text: &'t str) -> Result<Vec<Node<'t>>, String> {
     let json = file.extension().is_some_and(|e| e == "json");
     // A text that looks like JSON is read as JSON (much faster than YAML); a YAML flow
     // mapping that is not JSON falls back to the YAML parser.
     let json_like = !json && text.trim_start().starts_with('{');
     if json {
         return serde_json::from_str::<Value>(text)
-            .map(|v| vec![v])
+            .map(|v| vec![Node::from(v)])
             .map_err(|e| format!("invalid JSON: {e}"));
     }
     if json_like {
         if let Ok(v) = serde_json::from_str::<Value>(text) {
-            return Ok(vec![v]);
+            return Ok(vec![Node::from(v)]);
         }
     }
+    // The common subset first (about ten times faster); anything else, and every error, is
+    // serde-saphyr's to read and report.
+    if let Some(docs) = crate::yaml::fast::documents_in_parallel(text) {
+        return Ok(docs);
+    }
     serde_saphyr::from_multiple_with_options::<Value>(text, crate::yaml::options())
+        .map(|docs| docs.into_iter().map(Node::from).collect())
         .map_err(|e| format!("invalid YAML: {e}"))
 }
 
@@ -175,6 +224,7 @@ pub fn split_documents(
     let mut out = Vec::new();
     for v in parse(file, text).map_err(|r| fail("", "", r))? {
         for item in items(v) {
+            let item = item.into_value();
             let unnamed = format!("document {}", out.len() + 1);
             let str_at = |path: &[&str]| {
                 let mut cur = &item;
@@ -207,33 +257,37 @@ pub fn split_documents(
 fn document(
     file: &Path,
     index: usize,
-    v: Value,
+    v: Node<'_>,
     workload: &Workload,
     lenient: bool,
     problems: &mut Vec<ConfigError>,
     out: &mut Vec<Doc>,
 ) {
-    let unnamed = format!("document {index}");
-    let Value::Object(mut map) = v else {
+    // What names the document before its kind and name are known (only for an error).
+    let unnamed = || format!("document {index}");
+    let Node::Map(mut map) = v else {
         problems.push(ConfigError::error(
             file,
-            unnamed,
+            unnamed(),
             "",
             "a document must be a mapping with apiVersion, kind, metadata and spec",
         ));
         return;
     };
-    let spec = map.remove("spec");
-    map.remove("status");
-    for key in map.keys() {
-        if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
-            problems.push(ConfigError::error(file, &unnamed, key.as_str(), format!("unknown field `{key}` (a document has apiVersion, kind, metadata, spec, status)")));
+    let spec = take(&mut map, "spec");
+    take(&mut map, "status");
+    // Reported in key order, as the keys of a `Value` are.
+    let mut keys: Vec<&str> = map.iter().map(|(k, _)| k.as_ref()).collect();
+    keys.sort_unstable();
+    for key in keys {
+        if !matches!(key, "apiVersion" | "kind" | "metadata") {
+            problems.push(ConfigError::error(file, unnamed(), key, format!("unknown field `{key}` (a document has apiVersion, kind, metadata, spec, status)")));
         }
     }
-    let header: wire::DocumentHeader = match decode(Value::Object(map), "") {
+    let header: wire::DocumentHeader = match decode(Node::Map(map), "") {
         Ok(h) => h,
         Err((field, reason)) => {
-            problems.push(ConfigError::error(file, unnamed, field, reason));
+            problems.push(ConfigError::error(file, unnamed(), field, reason));
             return;
         }
     };
@@ -243,7 +297,7 @@ fn document(
         .clone()
         .unwrap_or_else(|| workload.naming.namespace.clone());
     let name = header.metadata.name.clone().unwrap_or_default();
-    let document = format!("{} {ns}/{name}", header.kind);
+    let document = [header.kind.as_str(), " ", &ns, "/", &name].concat();
     if name.is_empty() {
         problems.push(ConfigError::error(
             file,
@@ -302,7 +356,7 @@ fn document(
         );
         return;
     }
-    let spec = spec.unwrap_or(Value::Object(Default::default()));
+    let spec = spec.unwrap_or(Node::Map(Vec::new()));
     let mut cx = Ctx {
         naming: &workload.naming,
         workload,
@@ -334,10 +388,16 @@ fn document(
     }
 }
 
+/// Removes the entry `key` of a mapping, returning its value.
+fn take<'t>(map: &mut Vec<(Cow<'t, str>, Node<'t>)>, key: &str) -> Option<Node<'t>> {
+    let at = map.iter().position(|(k, _)| k == key)?;
+    Some(map.remove(at).1)
+}
+
 /// Decodes `spec` into its wire type (a typo is an error naming the field), then converts it.
 fn typed<S: DeserializeOwned, T>(
     cx: &mut Ctx<'_>,
-    spec: Value,
+    spec: Node<'_>,
     f: impl FnOnce(&mut Ctx<'_>, &S) -> Option<T>,
 ) -> Option<T> {
     match decode::<S>(spec, "spec") {
@@ -350,8 +410,14 @@ fn typed<S: DeserializeOwned, T>(
 }
 
 /// Deserializes `v`, reporting an error with its field path under `prefix`.
-fn decode<T: DeserializeOwned>(v: Value, prefix: &str) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
+fn decode<T: DeserializeOwned>(v: Node<'_>, prefix: &str) -> Result<T, (String, String)> {
+    // Straight from the tree, without tracking the field path (most of the cost of a reload
+    // was building, path-tracking and dropping `Value`s); when it does not fit, again through
+    // the `Value` with the path, so the error is the one `Value` gives.
+    if let Ok(t) = T::deserialize(&v) {
+        return Ok(t);
+    }
+    serde_path_to_error::deserialize(v.into_value()).map_err(|e| {
         let path = e.path().to_string();
         let field = match (prefix, path.as_str()) {
             (p, ".") => p.to_owned(),

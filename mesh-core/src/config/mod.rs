@@ -274,12 +274,12 @@ fn load_from(
     let mut hash = Fnv::default();
     let mut seen = std::collections::HashSet::new();
     for (path, text) in texts {
+        // The text is hashed once: the set's version hashes each file's name and hash.
         let mut file_hash = Fnv::default();
         file_hash.write(text.as_bytes());
         hash.write(path.to_string_lossy().as_bytes());
         hash.write(&[0]);
-        hash.write(text.as_bytes());
-        hash.write(&[0]);
+        hash.write(&file_hash.0.to_le_bytes());
         seen.insert(path.to_path_buf());
         let result = match cache.files.get(*path) {
             Some((h, r)) if *h == file_hash.0 => r.clone(),

@@ -304,24 +304,21 @@ pub(crate) fn assemble(
     // mesh rejects at load, which is stricter).
     for (file, document, vs) in &vss {
         for route in &vs.table.routes {
+            // The field is named only for an error.
             let refs = route
                 .backends
                 .backends()
                 .iter()
                 .enumerate()
-                .map(|(k, b)| {
-                    (
-                        format!("{}.route[{k}].destination.subset", route.id),
-                        &b.backend,
-                    )
-                })
-                .chain(route.mirrors.iter().enumerate().map(|(k, m)| {
-                    (
-                        format!("{}.mirrors[{k}].destination.subset", route.id),
-                        &m.backend,
-                    )
-                }));
-            for (field, backend) in refs {
+                .map(|(k, b)| ("route", k, &b.backend))
+                .chain(
+                    route
+                        .mirrors
+                        .iter()
+                        .enumerate()
+                        .map(|(k, m)| ("mirrors", k, &m.backend)),
+                );
+            for (list, k, backend) in refs {
                 let Some(subset) = &backend.subset else {
                     continue;
                 };
@@ -333,7 +330,7 @@ pub(crate) fn assemble(
                     problems.push(ConfigError::error(
                         file,
                         document,
-                        field,
+                        format!("{}.{list}[{k}].destination.subset", route.id),
                         format!("subset {subset:?} of {} is defined by no DestinationRule (Istio's analyzer reports this as IST0101; requests would fail with 503)", backend.host),
                     ));
                 }

@@ -64,7 +64,7 @@ pub(crate) fn string_match(
     }
     if let Some(pre) = &m.prefix {
         if pre.is_empty() && !empty_prefix_ok {
-            p.error(format!("{field}.prefix"), "prefix must not be empty");
+            p.error(sub(field, "prefix"), "prefix must not be empty");
             return None;
         }
         return Some(StringMatcher::Prefix(pre.clone()));
@@ -73,7 +73,7 @@ pub(crate) fn string_match(
         return match Re2::new(r) {
             Ok(re) => Some(StringMatcher::Regex(re)),
             Err(e) => {
-                p.error(format!("{field}.regex"), e);
+                p.error(sub(field, "regex"), e);
                 None
             }
         };
@@ -94,13 +94,13 @@ pub(crate) fn percentage(
     if let Some(Percent { value: Some(v) }) = value {
         if !v.is_finite() || *v < 0.0 || *v > 100.0 {
             p.error(
-                format!("{field}.value"),
+                sub(field, "value"),
                 format!("{v} is not a percentage (0 to 100)"),
             );
             return Percentage::NONE;
         }
         if *v > 0.0 && *v < 0.0001 {
-            p.error(format!("{field}.value"), "must be 0 or at least 0.0001");
+            p.error(sub(field, "value"), "must be 0 or at least 0.0001");
             return Percentage::NONE;
         }
         return Percentage::from_percent(*v);
@@ -124,8 +124,8 @@ pub(crate) fn headers(p: &mut Problems<'_>, field: &str, h: &Option<wire::Header
         return Headers::default();
     };
     Headers {
-        request: header_ops(p, &format!("{field}.request"), &h.request),
-        response: header_ops(p, &format!("{field}.response"), &h.response),
+        request: header_ops(p, &sub(field, "request"), &h.request),
+        response: header_ops(p, &sub(field, "response"), &h.response),
     }
 }
 
@@ -173,7 +173,7 @@ fn header_ops(
         match HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()) {
             Ok(n) if !k.starts_with(':') => out.remove.push(n),
             _ => p.error(
-                format!("{field}.remove[{i}]"),
+                nth(field, "remove", i),
                 format!("{k:?} is not a header that can be removed"),
             ),
         }
@@ -207,5 +207,51 @@ pub(crate) fn check_export_to(p: &mut Problems<'_>, field: &str, export_to: &[St
         p.error(field, "\"*\" cannot be combined with other namespaces");
     } else if special > 1 {
         p.error(field, "\".\" and \"*\" cannot be combined");
+    }
+}
+
+/// The path of field `name` under `at` (`at.name`): built without the formatting machinery,
+/// as every conversion builds many of them.
+pub(crate) fn sub(at: &str, name: &str) -> String {
+    [at, ".", name].concat()
+}
+
+/// The path of item `i` of list `name` under `at` (`at.name[i]`).
+pub(crate) fn nth(at: &str, name: &str, i: usize) -> String {
+    let mut s = String::with_capacity(at.len() + name.len() + 8);
+    s.push_str(at);
+    s.push('.');
+    s.push_str(name);
+    s.push('[');
+    push_decimal(&mut s, i);
+    s.push(']');
+    s
+}
+
+fn push_decimal(s: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.extend(digits[at..].iter().map(|&d| char::from(d)));
+}
+
+#[cfg(test)]
+mod path_tests {
+    #[test]
+    fn paths_read_as_format_writes_them() {
+        assert_eq!(
+            super::sub("spec.http[0]", "timeout"),
+            "spec.http[0].timeout"
+        );
+        for i in [0, 7, 10, 123_456, usize::MAX] {
+            assert_eq!(super::nth("spec", "http", i), format!("spec.http[{i}]"));
+        }
     }
 }

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use super::{
     Ctx,
-    common::{check_export_to, port},
+    common::{check_export_to, nth, port, sub},
     traffic_policy::{client_tls, connection_pool, load_balancer, outlier, retry_budget},
     virtual_service::is_dns_label,
 };
@@ -168,26 +168,23 @@ pub(crate) fn convert(
     let policy = traffic_policy(cx, "spec.trafficPolicy", spec.traffic_policy.as_ref(), true);
     let mut subsets: Vec<SubsetPolicy> = Vec::new();
     for (i, s) in spec.subsets.iter().enumerate() {
-        let at = format!("spec.subsets[{i}]");
+        let at = nth("spec", "subsets", i);
         let name = match s.name.as_deref() {
             Some(n) if is_dns_label(n) => n,
             Some(n) => {
                 cx.p.error(
-                    format!("{at}.name"),
+                    sub(&at, "name"),
                     format!("{n:?} is not a valid subset name (a DNS label)"),
                 );
                 continue;
             }
             None => {
-                cx.p.error(format!("{at}.name"), "a subset needs a name");
+                cx.p.error(sub(&at, "name"), "a subset needs a name");
                 continue;
             }
         };
         if subsets.iter().any(|x| &*x.name == name) {
-            cx.p.error(
-                format!("{at}.name"),
-                format!("duplicate subset name {name:?}"),
-            );
+            cx.p.error(sub(&at, "name"), format!("duplicate subset name {name:?}"));
             continue;
         }
         let labels: Selector = s
@@ -198,7 +195,7 @@ pub(crate) fn convert(
             .into();
         let policy = traffic_policy(
             cx,
-            &format!("{at}.trafficPolicy"),
+            &sub(&at, "trafficPolicy"),
             s.traffic_policy.as_ref(),
             true,
         );
@@ -228,10 +225,10 @@ fn traffic_policy(
         return TrafficPolicy::default();
     };
     if tp.tunnel.is_some() {
-        cx.p.unimplemented(format!("{at}.tunnel"), "tunnel");
+        cx.p.unimplemented(sub(at, "tunnel"), "tunnel");
     }
     if tp.proxy_protocol.is_some() {
-        cx.p.unimplemented(format!("{at}.proxyProtocol"), "proxyProtocol");
+        cx.p.unimplemented(sub(at, "proxyProtocol"), "proxyProtocol");
     }
     let mut out = blocks(
         cx,
@@ -242,26 +239,26 @@ fn traffic_policy(
         tp.tls.as_ref(),
     );
     if let Some(b) = &tp.retry_budget {
-        out.retry_budget = retry_budget(cx, &format!("{at}.retryBudget"), b);
+        out.retry_budget = retry_budget(cx, &sub(at, "retryBudget"), b);
     }
     for (i, pl) in tp.port_level_settings.iter().enumerate() {
-        let f = format!("{at}.portLevelSettings[{i}]");
+        let f = nth(at, "portLevelSettings", i);
         if !ports_allowed {
             cx.p.error(&f, "not allowed here");
             continue;
         }
         let Some(n) = pl.port.as_ref().and_then(|p| p.number) else {
             cx.p.error(
-                format!("{f}.port.number"),
+                sub(&f, "port.number"),
                 "a port-level setting needs a port number",
             );
             continue;
         };
-        let Some(n) = port(&mut cx.p, &format!("{f}.port.number"), n) else {
+        let Some(n) = port(&mut cx.p, &sub(&f, "port.number"), n) else {
             continue;
         };
         if out.ports.iter().any(|(p, _)| *p == n) {
-            cx.p.error(format!("{f}.port.number"), format!("port {n} is set twice"));
+            cx.p.error(sub(&f, "port.number"), format!("port {n} is set twice"));
             continue;
         }
         let b = blocks(
@@ -286,10 +283,10 @@ fn blocks(
     tls: Option<&wire::ClientTlsSettings>,
 ) -> TrafficPolicy {
     TrafficPolicy {
-        load_balancer: lb.and_then(|lb| load_balancer(cx, &format!("{at}.loadBalancer"), lb)),
-        connection_pool: cp.and_then(|cp| connection_pool(cx, &format!("{at}.connectionPool"), cp)),
-        outlier_detection: od.and_then(|od| outlier(cx, &format!("{at}.outlierDetection"), od)),
-        tls: tls.and_then(|t| client_tls(cx, &format!("{at}.tls"), t)),
+        load_balancer: lb.and_then(|lb| load_balancer(cx, &sub(at, "loadBalancer"), lb)),
+        connection_pool: cp.and_then(|cp| connection_pool(cx, &sub(at, "connectionPool"), cp)),
+        outlier_detection: od.and_then(|od| outlier(cx, &sub(at, "outlierDetection"), od)),
+        tls: tls.and_then(|t| client_tls(cx, &sub(at, "tls"), t)),
         retry_budget: None,
         ports: Vec::new(),
     }

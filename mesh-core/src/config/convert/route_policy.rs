@@ -2,7 +2,7 @@
 
 use super::{
     Ctx,
-    common::{duration, opt_duration, percentage},
+    common::{duration, nth, opt_duration, percentage, sub},
     virtual_service::{GRPC_CODES, destination},
 };
 use crate::{
@@ -14,7 +14,7 @@ use crate::{
 pub(super) fn retry(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRetry) -> Option<RetryPolicy> {
     let attempts = r.attempts.unwrap_or(0);
     if attempts < 0 {
-        cx.p.error(format!("{at}.attempts"), "must not be negative");
+        cx.p.error(sub(at, "attempts"), "must not be negative");
         return None;
     }
     if attempts == 0 {
@@ -31,20 +31,17 @@ pub(super) fn retry(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRetry) -> Option<R
     }
     if attempts > 10 {
         cx.p.error(
-            format!("{at}.attempts"),
+            sub(at, "attempts"),
             format!("{attempts}: mesh allows at most 10 retries (stricter than Istio: every retry is a request the destination must absorb)"),
         );
         return None;
     }
     if r.retry_remote_localities == Some(true) {
-        cx.p.unimplemented(
-            format!("{at}.retryRemoteLocalities"),
-            "retryRemoteLocalities",
-        );
+        cx.p.unimplemented(sub(at, "retryRemoteLocalities"), "retryRemoteLocalities");
     }
     if r.retry_ignore_previous_hosts == Some(false) {
         cx.p.unimplemented(
-            format!("{at}.retryIgnorePreviousHosts"),
+            sub(at, "retryIgnorePreviousHosts"),
             "retryIgnorePreviousHosts: false (mesh always retries on another endpoint when there is one)",
         );
     }
@@ -52,13 +49,9 @@ pub(super) fn retry(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRetry) -> Option<R
         attempts: attempts as u32,
         ..RetryPolicy::default()
     };
-    policy.per_try_timeout = opt_duration(
-        &mut cx.p,
-        &format!("{at}.perTryTimeout"),
-        &r.per_try_timeout,
-    );
+    policy.per_try_timeout = opt_duration(&mut cx.p, &sub(at, "perTryTimeout"), &r.per_try_timeout);
     if let Some(b) = &r.backoff {
-        if let Some(base) = duration(&mut cx.p, &format!("{at}.backoff"), b) {
+        if let Some(base) = duration(&mut cx.p, &sub(at, "backoff"), b) {
             // Envoy: the maximum interval is 10 times the base.
             policy.backoff = Backoff {
                 base,
@@ -68,7 +61,7 @@ pub(super) fn retry(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRetry) -> Option<R
         }
     }
     if let Some(on) = &r.retry_on {
-        policy.retry_on = retry_on(cx, &format!("{at}.retryOn"), on)?;
+        policy.retry_on = retry_on(cx, &sub(at, "retryOn"), on)?;
     }
     Some(policy)
 }
@@ -158,42 +151,42 @@ pub(super) fn fault(
     }
     let mut out = FaultPolicy::default();
     if let Some(d) = &f.delay {
-        let da = format!("{at}.delay");
+        let da = sub(at, "delay");
         if d.exponential_delay.is_some() {
             cx.p.error(
-                format!("{da}.exponentialDelay"),
+                sub(&da, "exponentialDelay"),
                 "exponentialDelay is not supported (Istio rejects it too)",
             );
         }
         let pct = percentage(
             &mut cx.p,
-            &format!("{da}.percentage"),
+            &sub(&da, "percentage"),
             &d.percentage,
-            Some((&format!("{da}.percent"), d.percent.map(i64::from))),
+            Some((&sub(&da, "percent"), d.percent.map(i64::from))),
             Percentage::NONE,
         );
         match &d.fixed_delay {
             Some(t) => {
-                if let Some(delay) = duration(&mut cx.p, &format!("{da}.fixedDelay"), t) {
+                if let Some(delay) = duration(&mut cx.p, &sub(&da, "fixedDelay"), t) {
                     out.delay = Some((delay, pct));
                 }
             }
             None if d.exponential_delay.is_none() => {
-                cx.p.error(format!("{da}.fixedDelay"), "a delay needs fixedDelay");
+                cx.p.error(sub(&da, "fixedDelay"), "a delay needs fixedDelay");
             }
             None => {}
         }
     }
     if let Some(a) = &f.abort {
-        let aa = format!("{at}.abort");
+        let aa = sub(at, "abort");
         if a.percent.is_some() {
-            cx.p.warn(format!("{aa}.percent"), "deprecated: use percentage.value");
+            cx.p.warn(sub(&aa, "percent"), "deprecated: use percentage.value");
         }
         let pct = percentage(
             &mut cx.p,
-            &format!("{aa}.percentage"),
+            &sub(&aa, "percentage"),
             &a.percentage,
-            Some((&format!("{aa}.percent"), a.percent.map(i64::from))),
+            Some((&sub(&aa, "percent"), a.percent.map(i64::from))),
             Percentage::NONE,
         );
         let kinds = [
@@ -211,14 +204,14 @@ pub(super) fn fault(
                 out.abort = Some((Abort::Http(s as u16), pct));
             } else {
                 cx.p.error(
-                    format!("{aa}.httpStatus"),
+                    sub(&aa, "httpStatus"),
                     format!("{s} is not an HTTP status (200 to 599)"),
                 );
             }
         } else if let Some(name) = &a.grpc_status {
             match GRPC_CODES.iter().find(|(n, _)| n == name) {
                 Some((_, 0)) | None => cx.p.error(
-                    format!("{aa}.grpcStatus"),
+                    sub(&aa, "grpcStatus"),
                     format!("{name:?} is not a gRPC status name other than OK (e.g. UNAVAILABLE)"),
                 ),
                 Some((_, code)) => out.abort = Some((Abort::Grpc(*code), pct)),
@@ -241,26 +234,23 @@ pub(super) fn fault(
 pub(super) fn mirrors(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRoute) -> Vec<MirrorPolicy> {
     let mut out = Vec::new();
     if r.mirror.is_some() && !r.mirrors.is_empty() {
-        cx.p.error(
-            format!("{at}.mirrors"),
-            "mirror and mirrors cannot both be set",
-        );
+        cx.p.error(sub(at, "mirrors"), "mirror and mirrors cannot both be set");
         return out;
     }
     let deprecated = r.mirror_percent.or(r.mirror_percent_snake);
     if deprecated.is_some() {
         cx.p.warn(
-            format!("{at}.mirrorPercent"),
+            sub(at, "mirrorPercent"),
             "mirrorPercent is deprecated: use mirrorPercentage",
         );
     }
     if let Some(m) = &r.mirror {
-        if let Some(backend) = destination(cx, &format!("{at}.mirror"), &Some(m.clone())) {
+        if let Some(backend) = destination(cx, &sub(at, "mirror"), &Some(m.clone())) {
             let percentage = percentage(
                 &mut cx.p,
-                &format!("{at}.mirrorPercentage"),
+                &sub(at, "mirrorPercentage"),
                 &r.mirror_percentage,
-                Some((&format!("{at}.mirrorPercent"), deprecated.map(i64::from))),
+                Some((&sub(at, "mirrorPercent"), deprecated.map(i64::from))),
                 Percentage::ALL,
             );
             out.push(MirrorPolicy {
@@ -270,11 +260,11 @@ pub(super) fn mirrors(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRoute) -> Vec<Mi
         }
     }
     for (i, m) in r.mirrors.iter().enumerate() {
-        let f = format!("{at}.mirrors[{i}]");
-        if let Some(backend) = destination(cx, &format!("{f}.destination"), &m.destination) {
+        let f = nth(at, "mirrors", i);
+        if let Some(backend) = destination(cx, &sub(&f, "destination"), &m.destination) {
             let percentage = percentage(
                 &mut cx.p,
-                &format!("{f}.percentage"),
+                &sub(&f, "percentage"),
                 &m.percentage,
                 None,
                 Percentage::ALL,
@@ -296,7 +286,7 @@ pub(super) fn rewrite(cx: &mut Ctx<'_>, at: &str, rw: &wire::HttpRewrite) -> Opt
     let uri = if let Some(u) = &rw.uri {
         Some(UriRewrite::Prefix(u.clone()))
     } else if let Some(rr) = &rw.uri_regex_rewrite {
-        let f = format!("{at}.uriRegexRewrite");
+        let f = sub(at, "uriRegexRewrite");
         let (Some(m), Some(with)) = (&rr.r#match, &rr.rewrite) else {
             cx.p.error(&f, "needs both match and rewrite");
             return None;
@@ -308,7 +298,7 @@ pub(super) fn rewrite(cx: &mut Ctx<'_>, at: &str, rw: &wire::HttpRewrite) -> Opt
                 with: backslash_groups(with),
             }),
             Err(e) => {
-                cx.p.error(format!("{f}.match"), e);
+                cx.p.error(sub(&f, "match"), e);
                 return None;
             }
         }
@@ -318,7 +308,7 @@ pub(super) fn rewrite(cx: &mut Ctx<'_>, at: &str, rw: &wire::HttpRewrite) -> Opt
     if let Some(a) = &rw.authority {
         if a.is_empty() || http::uri::Authority::try_from(a.as_str()).is_err() {
             cx.p.error(
-                format!("{at}.authority"),
+                sub(at, "authority"),
                 format!("{a:?} is not a valid authority"),
             );
             return None;

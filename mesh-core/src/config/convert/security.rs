@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use http::HeaderName;
 
-use super::Ctx;
+use super::{
+    Ctx,
+    common::{nth, sub},
+};
 use crate::{
     authz::{
         Authorizer, CompiledRule, Condition, ConditionKey, OperationMatch, Pattern, SourceMatch,
@@ -100,7 +103,7 @@ pub(crate) fn authorization(
     }
     let mut rules = Vec::new();
     for (i, r) in spec.rules.iter().enumerate() {
-        let at = format!("spec.rules[{i}]");
+        let at = nth("spec", "rules", i);
         let mut from = Vec::new();
         for (k, f) in r.from.iter().enumerate() {
             let Some(s) = &f.source else {
@@ -119,7 +122,7 @@ pub(crate) fn authorization(
         }
         let mut when = Vec::new();
         for (k, c) in r.when.iter().enumerate() {
-            if let Some(c) = condition(cx, &format!("{at}.when[{k}]"), c) {
+            if let Some(c) = condition(cx, &nth(&at, "when", k), c) {
                 when.push(c);
             }
         }
@@ -222,21 +225,18 @@ fn source(cx: &mut Ctx<'_>, at: &str, s: &wire::Source) -> SourceMatch {
 fn operation(cx: &mut Ctx<'_>, at: &str, o: &wire::Operation) -> OperationMatch {
     for (i, p) in o.paths.iter().chain(&o.not_paths).enumerate() {
         if p.contains('{') {
-            cx.p.unimplemented(format!("{at}.paths[{i}]"), "path templates ({*}, {**})");
+            cx.p.unimplemented(nth(at, "paths", i), "path templates ({*}, {**})");
         }
     }
     for (i, p) in o.ports.iter().chain(&o.not_ports).enumerate() {
         if !p.parse::<u16>().is_ok_and(|n| n > 0) {
-            cx.p.error(
-                format!("{at}.ports[{i}]"),
-                format!("{p:?} is not a port number"),
-            );
+            cx.p.error(nth(at, "ports", i), format!("{p:?} is not a port number"));
         }
     }
     for (i, m) in o.methods.iter().chain(&o.not_methods).enumerate() {
         if http::Method::from_bytes(m.as_bytes()).is_err() {
             cx.p.error(
-                format!("{at}.methods[{i}]"),
+                nth(at, "methods", i),
                 format!("{m:?} is not an HTTP method"),
             );
         }
@@ -251,7 +251,7 @@ fn operation(cx: &mut Ctx<'_>, at: &str, o: &wire::Operation) -> OperationMatch 
 
 fn condition(cx: &mut Ctx<'_>, at: &str, c: &wire::Condition) -> Option<Condition> {
     let Some(key) = c.key.as_deref() else {
-        cx.p.error(format!("{at}.key"), "key is required");
+        cx.p.error(sub(at, "key"), "key is required");
         return None;
     };
     if c.values.is_empty() && c.not_values.is_empty() {
@@ -265,7 +265,7 @@ fn condition(cx: &mut Ctx<'_>, at: &str, c: &wire::Condition) -> Option<Conditio
         match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
             Ok(n) => ConditionKey::Header(n),
             Err(_) => {
-                cx.p.error(format!("{at}.key"), format!("{h:?} is not a header name"));
+                cx.p.error(sub(at, "key"), format!("{h:?} is not a header name"));
                 return None;
             }
         }
@@ -281,12 +281,12 @@ fn condition(cx: &mut Ctx<'_>, at: &str, c: &wire::Condition) -> Option<Conditio
                 )
                 || k.starts_with("experimental.") =>
             {
-                cx.p.unimplemented(format!("{at}.key"), &format!("condition key {k:?}"));
+                cx.p.unimplemented(sub(at, "key"), &format!("condition key {k:?}"));
                 return None;
             }
             other => {
                 cx.p.error(
-                    format!("{at}.key"),
+                    sub(at, "key"),
                     format!("{other:?} is not a condition key Istio knows"),
                 );
                 return None;
@@ -357,7 +357,7 @@ fn mode(cx: &mut Ctx<'_>, at: &str, m: &Option<wire::PeerMtls>) -> Option<Server
         "DISABLE" => Some(ServerTlsMode::Disable),
         other => {
             cx.p.error(
-                format!("{at}.mode"),
+                sub(at, "mode"),
                 format!("{other:?} is not one of UNSET, DISABLE, PERMISSIVE, STRICT"),
             );
             None

@@ -2,7 +2,10 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use super::{Ctx, common::check_export_to};
+use super::{
+    Ctx,
+    common::{check_export_to, nth, sub},
+};
 use crate::{
     config::{host::normalize, wire},
     endpoint::{DEFAULT_WEIGHT, Endpoint, Labels},
@@ -108,13 +111,13 @@ pub(crate) fn convert(cx: &mut Ctx<'_>, spec: &wire::ServiceEntrySpec) -> Option
     for (i, h) in spec.hosts.iter().enumerate() {
         if h == "*" || h.is_empty() {
             cx.p.error(
-                format!("spec.hosts[{i}]"),
+                nth("spec", "hosts", i),
                 "hostname cannot be wildcard or empty",
             );
             continue;
         }
         if h.contains('*') {
-            cx.p.unimplemented(format!("spec.hosts[{i}]"), "wildcard ServiceEntry hosts");
+            cx.p.unimplemented(nth("spec", "hosts", i), "wildcard ServiceEntry hosts");
             continue;
         }
         hosts.push(normalize(h));
@@ -147,32 +150,26 @@ pub(crate) fn convert(cx: &mut Ctx<'_>, spec: &wire::ServiceEntrySpec) -> Option
         cx.p.error("spec.ports", "at least one port is required");
     }
     for (i, sp) in spec.ports.iter().enumerate() {
-        let at = format!("spec.ports[{i}]");
+        let at = nth("spec", "ports", i);
         let Some(number) = sp
             .number
             .and_then(|n| u16::try_from(n).ok())
             .filter(|n| *n > 0)
         else {
-            cx.p.error(
-                format!("{at}.number"),
-                "a port number (1 to 65535) is required",
-            );
+            cx.p.error(sub(&at, "number"), "a port number (1 to 65535) is required");
             continue;
         };
         let Some(name) = sp.name.clone().filter(|n| !n.is_empty()) else {
-            cx.p.error(format!("{at}.name"), "a port name is required");
+            cx.p.error(sub(&at, "name"), "a port name is required");
             continue;
         };
         if ports.iter().any(|p| p.number == number) {
-            cx.p.error(
-                format!("{at}.number"),
-                format!("port {number} is listed twice"),
-            );
+            cx.p.error(sub(&at, "number"), format!("port {number} is listed twice"));
             continue;
         }
         if ports.iter().any(|p| p.name == name) {
             cx.p.error(
-                format!("{at}.name"),
+                sub(&at, "name"),
                 format!("port name {name:?} is listed twice"),
             );
             continue;
@@ -187,14 +184,14 @@ pub(crate) fn convert(cx: &mut Ctx<'_>, spec: &wire::ServiceEntrySpec) -> Option
             Some("HTTP2" | "GRPC" | "GRPC-WEB") => Protocol::Http2,
             Some(p @ ("HTTPS" | "TLS" | "TCP" | "MONGO" | "MYSQL" | "REDIS" | "UDP")) => {
                 cx.p.unimplemented(
-                    format!("{at}.protocol"),
+                    sub(&at, "protocol"),
                     &format!("protocol {p} (mesh routes HTTP, HTTP/2 and gRPC)"),
                 );
                 continue;
             }
             Some(other) => {
                 cx.p.error(
-                    format!("{at}.protocol"),
+                    sub(&at, "protocol"),
                     format!("{other:?} is not a protocol Istio knows"),
                 );
                 continue;
@@ -205,10 +202,7 @@ pub(crate) fn convert(cx: &mut Ctx<'_>, spec: &wire::ServiceEntrySpec) -> Option
             Some(t) => match u16::try_from(t).ok().filter(|t| *t > 0) {
                 Some(t) => Some(t),
                 None => {
-                    cx.p.error(
-                        format!("{at}.targetPort"),
-                        format!("{t} is not a port number"),
-                    );
+                    cx.p.error(sub(&at, "targetPort"), format!("{t} is not a port number"));
                     continue;
                 }
             },
@@ -252,26 +246,26 @@ pub(crate) fn convert(cx: &mut Ctx<'_>, spec: &wire::ServiceEntrySpec) -> Option
     };
     let mut endpoints = Vec::new();
     for (i, e) in spec.endpoints.iter().enumerate() {
-        let at = format!("spec.endpoints[{i}]");
+        let at = nth("spec", "endpoints", i);
         let Some(address) = e.address.clone().filter(|a| !a.is_empty()) else {
-            cx.p.error(format!("{at}.address"), "an endpoint needs an address");
+            cx.p.error(sub(&at, "address"), "an endpoint needs an address");
             continue;
         };
         if address.starts_with("unix://") {
-            cx.p.unimplemented(format!("{at}.address"), "unix domain socket endpoints");
+            cx.p.unimplemented(sub(&at, "address"), "unix domain socket endpoints");
             continue;
         }
         let is_ip = address.parse::<IpAddr>().is_ok();
         if resolution == Resolution::Static && !is_ip {
             cx.p.error(
-                format!("{at}.address"),
+                sub(&at, "address"),
                 format!("{address:?}: STATIC resolution needs IP addresses (use DNS for names)"),
             );
             continue;
         }
         if resolution == Resolution::Dns && !is_ip && spec.endpoints.len() > 1 {
             cx.p.unimplemented(
-                format!("{at}.address"),
+                sub(&at, "address"),
                 "several DNS-named endpoints in one ServiceEntry",
             );
             continue;
@@ -303,7 +297,7 @@ pub(crate) fn convert(cx: &mut Ctx<'_>, spec: &wire::ServiceEntrySpec) -> Option
             )) {
                 Ok(id) => Some(id),
                 Err(err) => {
-                    cx.p.error(format!("{at}.serviceAccount"), err.to_string());
+                    cx.p.error(sub(&at, "serviceAccount"), err.to_string());
                     continue;
                 }
             },

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{
     Ctx,
-    common::{duration, opt_duration},
+    common::{duration, opt_duration, sub},
     destination_rule::ConnectionPool,
 };
 use crate::{
@@ -41,12 +41,12 @@ pub(super) fn load_balancer(
             "ROUND_ROBIN" => Some(LbPolicy::RoundRobin),
             "RANDOM" => Some(LbPolicy::Random),
             "PASSTHROUGH" => {
-                cx.p.unimplemented(format!("{at}.simple"), "PASSTHROUGH load balancing");
+                cx.p.unimplemented(sub(at, "simple"), "PASSTHROUGH load balancing");
                 None
             }
             other => {
                 cx.p.error(
-                    format!("{at}.simple"),
+                    sub(at, "simple"),
                     format!("{other:?} is not one of UNSPECIFIED, LEAST_REQUEST, LEAST_CONN, ROUND_ROBIN, RANDOM, PASSTHROUGH"),
                 );
                 None
@@ -54,7 +54,7 @@ pub(super) fn load_balancer(
         };
     }
     let ch = lb.consistent_hash.as_ref()?;
-    let f = format!("{at}.consistentHash");
+    let f = sub(at, "consistentHash");
     let keys = [
         ch.http_header_name.is_some(),
         ch.http_cookie.is_some(),
@@ -72,13 +72,13 @@ pub(super) fn load_balancer(
         return None;
     }
     if ch.maglev.is_some() {
-        cx.p.unimplemented(format!("{f}.maglev"), "maglev (mesh hashes on a ring)");
+        cx.p.unimplemented(sub(&f, "maglev"), "maglev (mesh hashes on a ring)");
     }
     let hash_on = if let Some(h) = &ch.http_header_name {
         match h.to_ascii_lowercase().parse::<HeaderKey>() {
             Ok(k) => HashOn::Header(k),
             Err(e) => {
-                cx.p.error(format!("{f}.httpHeaderName"), e.to_string());
+                cx.p.error(sub(&f, "httpHeaderName"), e.to_string());
                 return None;
             }
         }
@@ -86,7 +86,7 @@ pub(super) fn load_balancer(
         match c.name.as_deref() {
             Some(n) if !n.is_empty() => HashOn::Cookie(n.to_owned()),
             _ => {
-                cx.p.error(format!("{f}.httpCookie.name"), "a cookie needs a name");
+                cx.p.error(sub(&f, "httpCookie.name"), "a cookie needs a name");
                 return None;
             }
         }
@@ -95,10 +95,7 @@ pub(super) fn load_balancer(
     } else if ch.use_source_ip == Some(true) {
         HashOn::SourceIp
     } else {
-        cx.p.error(
-            format!("{f}.useSourceIp"),
-            "useSourceIp: false names no key",
-        );
+        cx.p.error(sub(&f, "useSourceIp"), "useSourceIp: false names no key");
         return None;
     };
     let ring = ch
@@ -108,10 +105,7 @@ pub(super) fn load_balancer(
         .or(ch.minimum_ring_size)
         .unwrap_or(crate::balance::DEFAULT_MIN_RING_SIZE as u64);
     if ring == 0 || ring > 8_388_608 {
-        cx.p.error(
-            format!("{f}.ringHash.minimumRingSize"),
-            "must be 1 to 8388608",
-        );
+        cx.p.error(sub(&f, "ringHash.minimumRingSize"), "must be 1 to 8388608");
         return None;
     }
     Some(LbPolicy::ConsistentHash {
@@ -139,30 +133,24 @@ pub(super) fn connection_pool(
     let mut out = ConnectionPool::default();
     let mut max_connections = None;
     if let Some(tcp) = &cp.tcp {
-        let f = format!("{at}.tcp");
-        max_connections = nonneg(cx, &format!("{f}.maxConnections"), tcp.max_connections);
-        out.connect_timeout = opt_duration(
-            &mut cx.p,
-            &format!("{f}.connectTimeout"),
-            &tcp.connect_timeout,
-        );
-        out.idle_timeout = opt_duration(&mut cx.p, &format!("{f}.idleTimeout"), &tcp.idle_timeout);
+        let f = sub(at, "tcp");
+        max_connections = nonneg(cx, &sub(&f, "maxConnections"), tcp.max_connections);
+        out.connect_timeout =
+            opt_duration(&mut cx.p, &sub(&f, "connectTimeout"), &tcp.connect_timeout);
+        out.idle_timeout = opt_duration(&mut cx.p, &sub(&f, "idleTimeout"), &tcp.idle_timeout);
         if tcp.tcp_keepalive.is_some() {
             cx.p.unimplemented(
-                format!("{f}.tcpKeepalive"),
+                sub(&f, "tcpKeepalive"),
                 "tcpKeepalive (the client's ClientSettings::tcp_keepalive applies)",
             );
         }
         if tcp.max_connection_duration.is_some() {
-            cx.p.unimplemented(
-                format!("{f}.maxConnectionDuration"),
-                "maxConnectionDuration",
-            );
+            cx.p.unimplemented(sub(&f, "maxConnectionDuration"), "maxConnectionDuration");
         }
     }
     let mut max_requests = None;
     if let Some(h) = &cp.http {
-        let f = format!("{at}.http");
+        let f = sub(at, "http");
         if let Some(n) = nonneg(
             cx,
             &format!("{f}.http1MaxPendingRequests"),
@@ -171,8 +159,8 @@ pub(super) fn connection_pool(
             out.limits.max_pending_requests = n;
         }
         max_requests = nonneg(cx, &format!("{f}.http2MaxRequests"), h.http2_max_requests);
-        out.max_retries = nonneg(cx, &format!("{f}.maxRetries"), h.max_retries);
-        if let Some(t) = opt_duration(&mut cx.p, &format!("{f}.idleTimeout"), &h.idle_timeout) {
+        out.max_retries = nonneg(cx, &sub(&f, "maxRetries"), h.max_retries);
+        if let Some(t) = opt_duration(&mut cx.p, &sub(&f, "idleTimeout"), &h.idle_timeout) {
             out.idle_timeout = Some(t);
         }
         match h.h2_upgrade_policy.as_deref() {
@@ -185,7 +173,7 @@ pub(super) fn connection_pool(
         }
         if h.max_requests_per_connection.is_some_and(|n| n != 0) {
             cx.p.unimplemented(
-                format!("{f}.maxRequestsPerConnection"),
+                sub(&f, "maxRequestsPerConnection"),
                 "maxRequestsPerConnection",
             );
         }
@@ -248,20 +236,20 @@ pub(super) fn outlier(
     }
     if od.interval.is_some() {
         // mesh judges on every response, not on a timer: the interval has nothing to pace.
-        opt_duration(&mut cx.p, &format!("{at}.interval"), &od.interval);
+        opt_duration(&mut cx.p, &sub(at, "interval"), &od.interval);
     }
     let consecutive = match (od.consecutive_5xx_errors, od.consecutive_errors) {
         (Some(n), _) => Some(n),
         (None, Some(n)) if n >= 0 => {
             cx.p.warn(
-                format!("{at}.consecutiveErrors"),
+                sub(at, "consecutiveErrors"),
                 "deprecated: use consecutive5xxErrors",
             );
             Some(n as u32)
         }
         (None, Some(n)) => {
             cx.p.error(
-                format!("{at}.consecutiveErrors"),
+                sub(at, "consecutiveErrors"),
                 format!("{n} must not be negative"),
             );
             None
@@ -271,7 +259,7 @@ pub(super) fn outlier(
     };
     let base = opt_duration(
         &mut cx.p,
-        &format!("{at}.baseEjectionTime"),
+        &sub(at, "baseEjectionTime"),
         &od.base_ejection_time,
     )
     .unwrap_or(Duration::from_secs(30));
@@ -280,7 +268,7 @@ pub(super) fn outlier(
         Some(n) if (0..=100).contains(&n) => n as u32,
         Some(n) => {
             cx.p.error(
-                format!("{at}.maxEjectionPercent"),
+                sub(at, "maxEjectionPercent"),
                 format!("{n} is not 0 to 100"),
             );
             return None;
@@ -330,14 +318,14 @@ pub(super) fn client_tls(
         }
         m @ ("SIMPLE" | "MUTUAL") => {
             cx.p.unimplemented(
-                format!("{at}.mode"),
+                sub(at, "mode"),
                 &format!("tls mode {m} (TLS origination with your own certificates)"),
             );
             None
         }
         other => {
             cx.p.error(
-                format!("{at}.mode"),
+                sub(at, "mode"),
                 format!("{other:?} is not one of DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL"),
             );
             None
@@ -353,7 +341,7 @@ pub(super) fn retry_budget(
     let mut out = BudgetPolicy::default();
     if let Some(p) = b.percent {
         if !(0.0..=100.0).contains(&p) {
-            cx.p.error(format!("{at}.percent"), format!("{p} is not a percentage"));
+            cx.p.error(sub(at, "percent"), format!("{p} is not a percentage"));
             return None;
         }
         out.ratio = (p / 100.0) as f32;
@@ -364,7 +352,7 @@ pub(super) fn retry_budget(
         out.min_per_second = n;
     }
     if let Some(t) = &b.budget_interval {
-        if let Some(d) = duration(&mut cx.p, &format!("{at}.budgetInterval"), t) {
+        if let Some(d) = duration(&mut cx.p, &sub(at, "budgetInterval"), t) {
             out.ttl = d;
         }
     }

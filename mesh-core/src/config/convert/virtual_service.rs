@@ -4,7 +4,7 @@ use http::HeaderName;
 
 use super::{
     Ctx,
-    common::{check_export_to, headers, opt_duration, port, string_match},
+    common::{check_export_to, headers, nth, opt_duration, port, string_match, sub},
     route_policy::{fault, mirrors, retry, rewrite},
 };
 use crate::{
@@ -71,7 +71,7 @@ pub(crate) fn convert(cx: &mut Ctx<'_>, spec: &wire::VirtualServiceSpec) -> Opti
     for (i, h) in spec.hosts.iter().enumerate() {
         if h == "*" {
             cx.p.error(
-                format!("spec.hosts[{i}]"),
+                nth("spec", "hosts", i),
                 "\"*\" is not allowed for the mesh (sidecars): name the hosts",
             );
             continue;
@@ -79,14 +79,14 @@ pub(crate) fn convert(cx: &mut Ctx<'_>, spec: &wire::VirtualServiceSpec) -> Opti
         let proper_wildcard = h.starts_with("*.") && !h[1..].contains('*');
         if h.contains('*') && !proper_wildcard {
             cx.p.error(
-                format!("spec.hosts[{i}]"),
+                nth("spec", "hosts", i),
                 "a wildcard must be the whole first label (*.example.com)",
             );
             continue;
         }
         let host = cx.naming.expand(h, cx.ns);
         if hosts.contains(&host) {
-            cx.p.error(format!("spec.hosts[{i}]"), format!("duplicate host {host}"));
+            cx.p.error(nth("spec", "hosts", i), format!("duplicate host {host}"));
             continue;
         }
         hosts.push(host);
@@ -107,7 +107,7 @@ pub(crate) fn convert(cx: &mut Ctx<'_>, spec: &wire::VirtualServiceSpec) -> Opti
     let mut routes = Vec::new();
     let mut catch_all: Option<String> = None;
     for (i, r) in spec.http.iter().enumerate() {
-        let at = format!("spec.http[{i}]");
+        let at = nth("spec", "http", i);
         if let Some(prev) = &catch_all {
             cx.p.warn(
                 &at,
@@ -140,7 +140,7 @@ fn http_route(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRoute) -> Option<HttpRou
     let mut matches = Vec::new();
     let mut dropped = 0;
     for (k, m) in r.r#match.iter().enumerate() {
-        match request_match(cx, &format!("{at}.match[{k}]"), m) {
+        match request_match(cx, &nth(at, "match", k), m) {
             Some(Some(m)) => matches.push(m),
             Some(None) => dropped += 1,
             None => {}
@@ -148,7 +148,7 @@ fn http_route(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRoute) -> Option<HttpRou
     }
     if dropped > 0 && matches.is_empty() && dropped == r.r#match.len() {
         cx.p.warn(
-            format!("{at}.match"),
+            sub(at, "match"),
             "no match block applies to this workload (gateways / sourceLabels / sourceNamespace): the route never matches",
         );
         return None;
@@ -165,24 +165,21 @@ fn http_route(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRoute) -> Option<HttpRou
     }
     if r.route.is_empty() {
         if r.redirect.is_none() && r.direct_response.is_none() && r.delegate.is_none() {
-            cx.p.error(
-                format!("{at}.route"),
-                "a route needs at least one destination",
-            );
+            cx.p.error(sub(at, "route"), "a route needs at least one destination");
         }
         return None;
     }
     let mut backends = Vec::new();
     for (k, d) in r.route.iter().enumerate() {
-        let f = format!("{at}.route[{k}]");
-        let Some(backend) = destination(cx, &format!("{f}.destination"), &d.destination) else {
+        let f = nth(at, "route", k);
+        let Some(backend) = destination(cx, &sub(&f, "destination"), &d.destination) else {
             continue;
         };
         let weight = match d.weight {
             None => 0,
             Some(w) if w < 0 => {
                 cx.p.error(
-                    format!("{f}.weight"),
+                    sub(&f, "weight"),
                     format!("{w}: weights must not be negative"),
                 );
                 continue;
@@ -192,7 +189,7 @@ fn http_route(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRoute) -> Option<HttpRou
         backends.push(WeightedBackend {
             backend,
             weight,
-            headers: headers(&mut cx.p, &format!("{f}.headers"), &d.headers),
+            headers: headers(&mut cx.p, &sub(&f, "headers"), &d.headers),
         });
     }
     if backends.len() != r.route.len() {
@@ -200,26 +197,26 @@ fn http_route(cx: &mut Ctx<'_>, at: &str, r: &wire::HttpRoute) -> Option<HttpRou
     }
     let Some(backends) = Distribution::weighted(backends) else {
         cx.p.error(
-            format!("{at}.route"),
+            sub(at, "route"),
             "total destination weight is 0: with several destinations, at least one needs a weight",
         );
         return None;
     };
-    let timeout = opt_duration(&mut cx.p, &format!("{at}.timeout"), &r.timeout);
+    let timeout = opt_duration(&mut cx.p, &sub(at, "timeout"), &r.timeout);
     let retries = r
         .retries
         .as_ref()
-        .and_then(|rt| retry(cx, &format!("{at}.retries"), rt));
+        .and_then(|rt| retry(cx, &sub(at, "retries"), rt));
     let fault = r
         .fault
         .as_ref()
-        .and_then(|f| fault(cx, &format!("{at}.fault"), f));
+        .and_then(|f| fault(cx, &sub(at, "fault"), f));
     let mirrors = mirrors(cx, at, r);
     let rewrite = r
         .rewrite
         .as_ref()
-        .and_then(|rw| rewrite(cx, &format!("{at}.rewrite"), rw));
-    let headers = headers(&mut cx.p, &format!("{at}.headers"), &r.headers);
+        .and_then(|rw| rewrite(cx, &sub(at, "rewrite"), rw));
+    let headers = headers(&mut cx.p, &sub(at, "headers"), &r.headers);
     Some(HttpRoute {
         id: at.to_owned(),
         name: r.name.clone(),
@@ -317,10 +314,10 @@ fn request_match(
         }
     }
     if let Some(n) = m.port {
-        out.port = port(&mut cx.p, &format!("{at}.port"), n);
+        out.port = port(&mut cx.p, &sub(at, "port"), n);
     }
     if m.stat_prefix.is_some() {
-        cx.p.unimplemented(format!("{at}.statPrefix"), "statPrefix");
+        cx.p.unimplemented(sub(at, "statPrefix"), "statPrefix");
     }
     if cx.p.error_count() > before {
         return None;
@@ -356,24 +353,21 @@ pub(crate) fn destination(
         return None;
     };
     let Some(host) = d.host.as_deref().filter(|h| !h.is_empty()) else {
-        cx.p.error(format!("{at}.host"), "host is required");
+        cx.p.error(sub(at, "host"), "host is required");
         return None;
     };
     if host.contains('*') {
-        cx.p.error(
-            format!("{at}.host"),
-            "a destination host cannot be a wildcard",
-        );
+        cx.p.error(sub(at, "host"), "a destination host cannot be a wildcard");
         return None;
     }
     let port = match d.port.as_ref().and_then(|p| p.number) {
-        Some(n) => Some(port(&mut cx.p, &format!("{at}.port.number"), n)?),
+        Some(n) => Some(port(&mut cx.p, &sub(at, "port.number"), n)?),
         None => None,
     };
     if let Some(s) = &d.subset {
         if !is_dns_label(s) {
             cx.p.error(
-                format!("{at}.subset"),
+                sub(at, "subset"),
                 format!("{s:?} is not a valid subset name (a DNS label)"),
             );
             return None;

@@ -21,6 +21,9 @@
 
 use serde::de::DeserializeOwned;
 
+pub(crate) mod fast;
+pub(crate) mod node;
+
 /// Largest file read.
 pub const MAX_FILE_BYTES: usize = 256 * 1024 * 1024;
 /// Most YAML nodes (scalars, sequences, mappings) in one file.
@@ -44,6 +47,11 @@ pub(crate) fn options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     options
+}
+
+/// Whether this machine runs two threads at once (large reloads are read on two).
+pub(crate) fn two_cores() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
 }
 
 /// Parses one YAML document of a trusted file.
