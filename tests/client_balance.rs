@@ -3,7 +3,14 @@
 
 mod common;
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use common::{Backend, BackendOpts, backend, backend_of, backend_with, get};
 use mesh::{
@@ -280,6 +287,66 @@ async fn http2_destinations_use_prior_knowledge() {
         assert_eq!(rsp.headers()["x-seen-version"], "HTTP/2.0");
         assert_eq!(rsp.headers()["x-seen-host"], "reviews.test:9080");
     }
+}
+
+/// An h2c server that answers one request per connection and then closes it gracefully
+/// (GOAWAY): the client must notice each closed connection and open a new one.
+async fn one_request_per_connection() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let tx = std::sync::Mutex::new(Some(tx));
+                let svc = hyper::service::service_fn(move |_req| {
+                    if let Some(tx) = tx.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Empty::<bytes::Bytes>::new(),
+                        ))
+                    }
+                });
+                let conn =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = rx => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn an_http2_endpoint_reconnects_after_its_connection_closes() {
+    let (addr, accepted) = one_request_per_connection().await;
+    let cfg = ServiceConfig {
+        destination: mesh::core::DestinationPolicy {
+            protocol: Protocol::Http2,
+            ..Default::default()
+        },
+        ..ServiceConfig::default()
+    };
+    let client = client_for(StaticSource::new(vec![Endpoint::new(addr)]).unwrap(), cfg);
+    for i in 0..5 {
+        // Between requests the server's GOAWAY closes the connection the last one used (a
+        // request that reaches it before the final GOAWAY is still served there).
+        let rsp = client.request(get("http://reviews.test:9080/")).await;
+        assert!(rsp.is_ok(), "request {i}: {:?}", rsp.err());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n = accepted.load(Ordering::SeqCst);
+    assert!((2..=5).contains(&n), "{n} connections for 5 requests");
 }
 
 #[tokio::test]

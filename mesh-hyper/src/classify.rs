@@ -62,10 +62,10 @@ pub(crate) fn failure_kind(e: &Error) -> FailureKind {
         Error::Connect { .. } => FailureKind::Connect,
         Error::IdentityMismatch { .. } => FailureKind::Identity,
         Error::NoEndpoints(_) => FailureKind::NoEndpoints,
-        Error::Request { source, .. } if refused_stream(source) => FailureKind::Refused,
+        Error::Request { source, .. } if refused_stream(source.as_ref()) => FailureKind::Refused,
         // hyper gave the request back unsent: the connection closed before it could be written.
-        Error::Request { source, .. } if canceled(source) => FailureKind::Connect,
-        Error::Request { source, .. } if reset(source) => FailureKind::Reset,
+        Error::Request { source, .. } if canceled(source.as_ref()) => FailureKind::Connect,
+        Error::Request { source, .. } if reset(source.as_ref()) => FailureKind::Reset,
         Error::Request { .. } => FailureKind::Other,
         Error::TimedOut(_) => FailureKind::Timeout,
         Error::Overloaded(_)

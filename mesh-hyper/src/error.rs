@@ -87,16 +87,16 @@ pub enum Error {
     /// No connection to the chosen endpoint could be made; the request was not sent.
     #[error(
         "connecting to {endpoint} for service {service:?} failed: {}",
-        cause(source)
+        cause(source.as_ref())
     )]
     Connect {
         /// The service.
         service: ServiceName,
         /// The endpoint.
         endpoint: SocketAddr,
-        /// hyper's error (with the OS error underneath).
+        /// What failed: hyper's or the TLS handshake's error, with the OS error underneath.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: Box<dyn StdError + Send + Sync>,
     },
     /// The endpoint's TLS identity is not the one expected: the client refused it.
     #[error("refused endpoint {endpoint} of service {service:?}: {mismatch}")]
@@ -111,7 +111,7 @@ pub enum Error {
     /// The request failed on an established connection (reset, protocol error, closed early).
     #[error(
         "request to {endpoint} for service {service:?} failed: {}",
-        cause(source)
+        cause(source.as_ref())
     )]
     Request {
         /// The service.
@@ -120,17 +120,18 @@ pub enum Error {
         endpoint: SocketAddr,
         /// hyper's error.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: Box<dyn StdError + Send + Sync>,
     },
 }
 
 /// hyper's error with its innermost cause ("client error (Connect): Connection refused").
-fn cause(e: &hyper_util::client::legacy::Error) -> String {
+fn cause(e: &(dyn StdError + Send + Sync + 'static)) -> String {
+    let e: &(dyn StdError + 'static) = e;
     let mut root: &(dyn StdError + 'static) = e;
     while let Some(next) = root.source() {
         root = next;
     }
-    if std::ptr::addr_eq(root, e as &(dyn StdError + 'static)) {
+    if std::ptr::addr_eq(root, e) {
         e.to_string()
     } else {
         format!("{e}: {root}")

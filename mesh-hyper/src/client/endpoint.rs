@@ -1,4 +1,5 @@
-//! One endpoint: hyper-util pooled clients whose connector always dials that endpoint.
+//! One endpoint: for HTTP/1.1 a hyper-util pooled client whose connector always dials that
+//! endpoint; for HTTP/2 the endpoint's own connections ([`super::h2`]).
 
 use std::{
     fmt,
@@ -34,6 +35,7 @@ use tower_service::Service;
 use super::{
     RequestBody,
     dialect::{Dialect, EndpointTarget},
+    h2::{H2Connection, H2Failure, H2Future},
 };
 use crate::Error;
 
@@ -108,16 +110,24 @@ impl Service<Uri> for EndpointConnector {
     }
 }
 
-/// The service behind one endpoint: its own connection pool (hyper-util legacy client), or
-/// several for HTTP/2 when `ClientSettings::http2_connections_per_endpoint` asks for more than
-/// one multiplexed connection (requests then take them in turn). `D` is the protocol
-/// [`Dialect`] (it may add headers to each attempt).
+/// The service behind one endpoint: for HTTP/1.1 its own connection pool (hyper-util legacy
+/// client); for HTTP/2 its own multiplexed connection, or several when
+/// `ClientSettings::http2_connections_per_endpoint` asks for more (requests then take them in
+/// turn). `D` is the protocol [`Dialect`] (it may add headers to each attempt).
 pub struct HttpEndpoint<B, D> {
     inner: Arc<Inner<B, D>>,
 }
 
+/// How an endpoint's requests are carried.
+enum Connections<B> {
+    /// HTTP/1.1: a pool.
+    Pooled(Client<EndpointConnector, B>),
+    /// HTTP/2: one or more connections held directly.
+    Http2(Box<[Arc<H2Connection<B>>]>),
+}
+
 struct Inner<B, D> {
-    clients: Box<[Client<EndpointConnector, B>]>,
+    connections: Connections<B>,
     next: AtomicUsize,
     addr: SocketAddr,
     service: ServiceName,
@@ -156,25 +166,25 @@ where
                 handshake_timeout: settings.connect_timeout,
             }),
         };
-        let http2 = target.protocol == Protocol::Http2;
-        let count = if http2 {
-            settings.http2_connections_per_endpoint.max(1)
+        let connections = if target.protocol == Protocol::Http2 {
+            let count = settings.http2_connections_per_endpoint.max(1);
+            Connections::Http2(
+                (0..count)
+                    .map(|_| H2Connection::new(connector.clone()))
+                    .collect(),
+            )
         } else {
-            1
-        };
-        let clients = (0..count)
-            .map(|_| {
+            Connections::Pooled(
                 Client::builder(hyper_util::rt::TokioExecutor::new())
                     .pool_timer(hyper_util::rt::TokioTimer::new())
                     .pool_idle_timeout(settings.pool_idle_timeout)
                     .pool_max_idle_per_host(settings.pool_max_idle_per_endpoint)
-                    .http2_only(http2)
-                    .build(connector.clone())
-            })
-            .collect();
+                    .build(connector),
+            )
+        };
         Self {
             inner: Arc::new(Inner {
-                clients,
+                connections,
                 next: AtomicUsize::new(0),
                 addr: target.endpoint.addr,
                 service: target.service.clone(),
@@ -194,27 +204,46 @@ where
     type Future = EndpointFuture<B, D>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // hyper-util's client is always ready: it pools or connects per request.
+        // Always ready: the HTTP/1.1 pool connects per request, an HTTP/2 connection is made
+        // by the request that needs it.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let inner = &self.inner;
         inner.dialect.before_send(&mut req);
-        let client = match inner.clients.len() {
-            1 => &inner.clients[0],
-            n => &inner.clients[inner.next.fetch_add(1, Relaxed) % n],
+        let fut = match &inner.connections {
+            Connections::Pooled(client) => Sent::Pooled(client.request(req)),
+            Connections::Http2(conns) => {
+                let conn = match conns.len() {
+                    1 => &conns[0],
+                    n => &conns[inner.next.fetch_add(1, Relaxed) % n],
+                };
+                Sent::Http2(conn.send(req))
+            }
         };
         EndpointFuture {
-            fut: client.request(req),
+            fut,
             endpoint: self.inner.clone(),
         }
     }
 }
 
+/// A request on its way: through the pool or on an HTTP/2 connection.
+enum Sent {
+    Pooled(HyperFuture),
+    Http2(H2Future),
+}
+
+/// What failed, for the error of the request.
+enum Failure {
+    Connect(BoxError),
+    Request(BoxError),
+}
+
 /// Response future of [`HttpEndpoint`].
 pub struct EndpointFuture<B, D> {
-    fut: HyperFuture,
+    fut: Sent,
     endpoint: Arc<Inner<B, D>>,
 }
 
@@ -222,7 +251,19 @@ impl<B, D: Dialect> Future for EndpointFuture<B, D> {
     type Output = Result<Response<Incoming>, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let res = ready!(Pin::new(&mut self.fut).poll(cx));
+        let res = match &mut self.fut {
+            Sent::Pooled(f) => ready!(Pin::new(f).poll(cx)).map_err(|e| {
+                if e.is_connect() {
+                    Failure::Connect(Box::new(e))
+                } else {
+                    Failure::Request(Box::new(e))
+                }
+            }),
+            Sent::Http2(f) => ready!(f.as_mut().poll(cx)).map_err(|e| match e {
+                H2Failure::Connect(e) => Failure::Connect(e),
+                H2Failure::Request(e) => Failure::Request(Box::new(e)),
+            }),
+        };
         let addr = self.endpoint.addr;
         Poll::Ready(
             res.map(|mut rsp| {
@@ -232,9 +273,13 @@ impl<B, D: Dialect> Future for EndpointFuture<B, D> {
                 }
                 rsp
             })
-            .map_err(|source| {
+            .map_err(|failure| {
                 let (service, endpoint) = (self.endpoint.service.clone(), self.endpoint.addr);
-                if let Some(mismatch) = IdentityMismatch::find_in(&source).cloned() {
+                let (connect, source) = match failure {
+                    Failure::Connect(e) => (true, e),
+                    Failure::Request(e) => (false, e),
+                };
+                if let Some(mismatch) = IdentityMismatch::find_in(&*source).cloned() {
                     tracing::debug!(%service, %endpoint, error = %mismatch, "server identity mismatch");
                     return Error::IdentityMismatch {
                         service,
@@ -242,7 +287,7 @@ impl<B, D: Dialect> Future for EndpointFuture<B, D> {
                         mismatch,
                     };
                 }
-                if source.is_connect() {
+                if connect {
                     tracing::debug!(%service, %endpoint, error = %source, "connect failed");
                     Error::Connect {
                         service,

@@ -50,6 +50,7 @@ mod destination;
 mod dialect;
 mod endpoint;
 mod future;
+mod h2;
 mod mirror;
 mod router;
 mod settings;
