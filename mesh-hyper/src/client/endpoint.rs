@@ -119,6 +119,9 @@ pub struct HttpEndpoint<B, D> {
 }
 
 /// How an endpoint's requests are carried.
+// One per endpoint, inside its `Arc` and never moved: boxing the pool would add a pointer
+// chase to every HTTP/1.1 request for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Connections<B> {
     /// HTTP/1.1: a pool.
     Pooled(Client<EndpointConnector, B>),
