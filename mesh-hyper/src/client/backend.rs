@@ -23,7 +23,7 @@ use rustls::pki_types::ServerName;
 use tower::Layer;
 
 use super::{
-    ClientSettings, Dialect, EndpointTarget, HttpEndpoint, RequestBody, endpoint::TlsTarget,
+    ClientSettings, Dialect, EndpointTarget, HttpEndpoint, RequestBody, connect::TlsTarget,
 };
 use crate::Error;
 

@@ -19,7 +19,7 @@ use mesh_core::{
 };
 use tower::ServiceExt;
 
-use super::{ClientSettings, RequestBody, endpoint::TlsTarget};
+use super::{ClientSettings, RequestBody, connect::TlsTarget};
 use crate::{Error, HttpClassifier, client::HttpEndpoint};
 
 /// A protocol spoken over the meshed client. See the [module docs](crate::client).

@@ -24,9 +24,10 @@ use hyper::{body::Incoming, client::conn::http2::SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
-use super::{RequestBody, endpoint::EndpointConnector};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::{
+    RequestBody,
+    connect::{BoxError, EndpointConnector},
+};
 
 /// Why a request on an endpoint's own connection failed.
 #[derive(Debug)]

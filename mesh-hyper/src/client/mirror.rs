@@ -19,10 +19,16 @@ use std::{
 
 use http::Request;
 use http_body_util::BodyExt;
-use mesh_core::{retry::ReplayBody, route::HttpRoute};
+use mesh_core::{
+    retry::ReplayBody,
+    route::{HttpRoute, Percentage},
+};
 use tower::ServiceExt;
 
 use super::{Dialect, RequestBody, backend::Backend};
+
+/// Where a route's copies go, and what share of its requests.
+pub(super) type MirrorTarget<B, D> = (Percentage, Arc<Backend<B, D>>);
 
 /// How long a copy may take when its route has no timeout: 10 s.
 pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,7 +83,7 @@ impl Mirrors {
     pub(super) fn start<B: RequestBody, D: Dialect>(
         self: &Arc<Self>,
         route: &HttpRoute,
-        targets: &[super::router::MirrorTarget<B, D>],
+        targets: &[MirrorTarget<B, D>],
         parts: &http::request::Parts,
         body: &ReplayBody<B>,
     ) -> Pending<B, D> {

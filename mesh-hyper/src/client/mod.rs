@@ -46,6 +46,7 @@
 
 mod backend;
 mod build;
+mod connect;
 mod destination;
 mod dialect;
 mod endpoint;

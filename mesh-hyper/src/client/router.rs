@@ -21,19 +21,20 @@ use mesh_core::{
     ServiceName,
     extensions::Routed,
     retry::{DEFAULT_MAX_REPLAY_BYTES, ReplayBody, RetryLayer},
-    route::{HttpRoute, Percentage, RequestView, RouteTable},
+    route::{HttpRoute, RequestView, RouteTable},
     timeout::TimeoutLayer,
 };
 
-use super::{Dialect, RequestBody, backend::Backend, mirror::Mirrors};
+use super::{
+    Dialect, RequestBody,
+    backend::Backend,
+    mirror::{MirrorTarget, Mirrors},
+};
 use crate::Error;
 
 /// The boxed future of one request through a destination's routes.
 pub(super) type RouteFuture =
     Pin<Box<dyn Future<Output = Result<Response<Incoming>, Error>> + Send + 'static>>;
-
-/// Where a route's copies go, and what share of its requests.
-pub(super) type MirrorTarget<B, D> = (Percentage, Arc<Backend<B, D>>);
 
 /// One route, ready to send.
 pub(super) struct RouteRt<B, D> {

@@ -24,7 +24,7 @@ use std::{
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use super::accept::ServerStream;
+use super::stream::{Alpn, ServerStream};
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 pub(crate) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -64,10 +64,10 @@ pub(crate) async fn detect(
     deadline: tokio::time::Instant,
 ) -> Result<(HttpStream, HttpVersion), DetectError> {
     let alpn_h2 = match stream.alpn() {
-        Some(super::accept::Alpn::Http11) => {
+        Some(Alpn::Http11) => {
             return Ok((HttpStream::new(stream, BytesMut::new()), HttpVersion::Http1));
         }
-        Some(super::accept::Alpn::H2) => true,
+        Some(Alpn::H2) => true,
         None => false,
     };
     let mut buf = BytesMut::with_capacity(64);

@@ -43,10 +43,11 @@ mod metrics;
 mod rate_limit;
 mod serve;
 mod settings;
+mod stream;
 mod trace_context;
 
 pub use self::{
-    accept::{AcceptError, Accepted, Acceptor, DEFAULT_HANDSHAKE_TIMEOUT, ServerStream},
+    accept::{AcceptError, Accepted, Acceptor, DEFAULT_HANDSHAKE_TIMEOUT},
     authz::{Authz, AuthzLayer},
     detect::{HttpStream, HttpVersion},
     metrics::{Metrics, MetricsBody, MetricsFuture, MetricsLayer},
@@ -58,6 +59,7 @@ pub use self::{
         DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_LIST_BYTES,
         DEFAULT_REQUEST_HEAD_TIMEOUT, ServerSettings, WITHDRAW_TIMEOUT,
     },
+    stream::ServerStream,
     trace_context::{
         PropagateFuture, PropagateTrace, TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceBody,
         TraceContextLayer, incoming_trace_context,

@@ -9,8 +9,10 @@ use crate::{
         error::Problems,
         wire::{self, Percent},
     },
-    route::{HeaderOps, Headers, Percentage, Re2, StringMatcher},
+    route::{BackendRef, HeaderOps, Headers, Percentage, Re2, StringMatcher},
 };
+
+use super::Ctx;
 
 /// A duration as Istio writes it: Go syntax, at least 1 ms, a whole number of milliseconds.
 pub(crate) fn duration(p: &mut Problems<'_>, field: &str, text: &str) -> Option<Duration> {
@@ -208,6 +210,76 @@ pub(crate) fn check_export_to(p: &mut Problems<'_>, field: &str, export_to: &[St
     } else if special > 1 {
         p.error(field, "\".\" and \"*\" cannot be combined");
     }
+}
+
+/// gRPC status names (Istio's `grpcStatus` takes the name) and their codes.
+pub(crate) const GRPC_CODES: [(&str, u16); 17] = [
+    ("OK", 0),
+    ("CANCELLED", 1),
+    ("UNKNOWN", 2),
+    ("INVALID_ARGUMENT", 3),
+    ("DEADLINE_EXCEEDED", 4),
+    ("NOT_FOUND", 5),
+    ("ALREADY_EXISTS", 6),
+    ("PERMISSION_DENIED", 7),
+    ("RESOURCE_EXHAUSTED", 8),
+    ("FAILED_PRECONDITION", 9),
+    ("ABORTED", 10),
+    ("OUT_OF_RANGE", 11),
+    ("UNIMPLEMENTED", 12),
+    ("INTERNAL", 13),
+    ("UNAVAILABLE", 14),
+    ("DATA_LOSS", 15),
+    ("UNAUTHENTICATED", 16),
+];
+
+/// A route's or a mirror's `destination`: host (expanded in the document's namespace), port
+/// and subset.
+pub(crate) fn destination(
+    cx: &mut Ctx<'_>,
+    at: &str,
+    d: &Option<wire::Destination>,
+) -> Option<BackendRef> {
+    let Some(d) = d else {
+        cx.p.error(at, "destination is required");
+        return None;
+    };
+    let Some(host) = d.host.as_deref().filter(|h| !h.is_empty()) else {
+        cx.p.error(sub(at, "host"), "host is required");
+        return None;
+    };
+    if host.contains('*') {
+        cx.p.error(sub(at, "host"), "a destination host cannot be a wildcard");
+        return None;
+    }
+    let port = match d.port.as_ref().and_then(|p| p.number) {
+        Some(n) => Some(port(&mut cx.p, &sub(at, "port.number"), n)?),
+        None => None,
+    };
+    if let Some(s) = &d.subset {
+        if !is_dns_label(s) {
+            cx.p.error(
+                sub(at, "subset"),
+                format!("{s:?} is not a valid subset name (a DNS label)"),
+            );
+            return None;
+        }
+    }
+    Some(BackendRef::new(
+        &cx.naming.expand(host, cx.ns),
+        port,
+        d.subset.as_deref(),
+    ))
+}
+
+/// A subset name: a DNS label.
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// The path of field `name` under `at` (`at.name`): built without the formatting machinery,

@@ -1,17 +1,15 @@
 //! DestinationRule → [`DestinationRule`]: subsets and traffic policy blocks.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use super::{
     Ctx,
-    common::{check_export_to, nth, port, sub},
+    common::{check_export_to, is_dns_label, nth, port, sub},
     traffic_policy::{client_tls, connection_pool, load_balancer, outlier, retry_budget},
-    virtual_service::is_dns_label,
 };
 use crate::{
     balance::{LbPolicy, Selector},
     config::wire,
-    limit::LimitPolicy,
     outlier::OutlierDetection,
     policy::{DestinationPolicy, Protocol},
     retry::BudgetPolicy,
@@ -126,21 +124,7 @@ impl TrafficPolicy {
     }
 }
 
-/// Istio's `connectionPool`, as mesh's limits.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ConnectionPool {
-    /// `http.http2MaxRequests` (requests in flight; with HTTP/1.1 also bounded by
-    /// `tcp.maxConnections`) and `http.http1MaxPendingRequests` (the queue).
-    pub limits: LimitPolicy,
-    /// `http.maxRetries`: retries in flight at once.
-    pub max_retries: Option<u32>,
-    /// `tcp.connectTimeout`.
-    pub connect_timeout: Option<Duration>,
-    /// `http.idleTimeout` (or `tcp.idleTimeout`).
-    pub idle_timeout: Option<Duration>,
-    /// `http.h2UpgradePolicy: UPGRADE`.
-    pub h2_upgrade: bool,
-}
+pub use super::traffic_policy::ConnectionPool;
 
 pub(crate) fn convert(
     cx: &mut Ctx<'_>,

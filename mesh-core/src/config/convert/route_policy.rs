@@ -2,8 +2,7 @@
 
 use super::{
     Ctx,
-    common::{duration, nth, opt_duration, percentage, sub},
-    virtual_service::{GRPC_CODES, destination},
+    common::{GRPC_CODES, destination, duration, nth, opt_duration, percentage, sub},
 };
 use crate::{
     config::wire,

@@ -6,15 +6,31 @@ use std::time::Duration;
 use super::{
     Ctx,
     common::{duration, opt_duration, sub},
-    destination_rule::ConnectionPool,
 };
 use crate::{
     balance::{HashOn, HeaderKey, LbPolicy},
     config::wire,
+    limit::LimitPolicy,
     outlier::OutlierDetection,
     retry::BudgetPolicy,
     tls::{ClientTlsMode, ClientTlsPolicy},
 };
+
+/// Istio's `connectionPool`, as mesh's limits.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConnectionPool {
+    /// `http.http2MaxRequests` (requests in flight; with HTTP/1.1 also bounded by
+    /// `tcp.maxConnections`) and `http.http1MaxPendingRequests` (the queue).
+    pub limits: LimitPolicy,
+    /// `http.maxRetries`: retries in flight at once.
+    pub max_retries: Option<u32>,
+    /// `tcp.connectTimeout`.
+    pub connect_timeout: Option<Duration>,
+    /// `http.idleTimeout` (or `tcp.idleTimeout`).
+    pub idle_timeout: Option<Duration>,
+    /// `http.h2UpgradePolicy: UPGRADE`.
+    pub h2_upgrade: bool,
+}
 
 pub(super) fn load_balancer(
     cx: &mut Ctx<'_>,

@@ -4,15 +4,15 @@ use http::HeaderName;
 
 use super::{
     Ctx,
-    common::{check_export_to, headers, nth, opt_duration, port, string_match, sub},
+    common::{check_export_to, destination, headers, nth, opt_duration, port, string_match, sub},
     route_policy::{fault, mirrors, retry, rewrite},
 };
 use crate::{
     config::wire,
     retry::RetryPolicy,
     route::{
-        BackendRef, Distribution, HeaderMatcher, HttpRoute, RequestMatch, RouteOverrides,
-        RouteTable, WeightedBackend,
+        Distribution, HeaderMatcher, HttpRoute, RequestMatch, RouteOverrides, RouteTable,
+        WeightedBackend,
     },
 };
 
@@ -28,27 +28,6 @@ pub struct VirtualService {
     /// The routes (the table's host is the first host).
     pub table: RouteTable,
 }
-
-/// gRPC status names (Istio's `grpcStatus` takes the name) and their codes.
-pub(crate) const GRPC_CODES: [(&str, u16); 17] = [
-    ("OK", 0),
-    ("CANCELLED", 1),
-    ("UNKNOWN", 2),
-    ("INVALID_ARGUMENT", 3),
-    ("DEADLINE_EXCEEDED", 4),
-    ("NOT_FOUND", 5),
-    ("ALREADY_EXISTS", 6),
-    ("PERMISSION_DENIED", 7),
-    ("RESOURCE_EXHAUSTED", 8),
-    ("FAILED_PRECONDITION", 9),
-    ("ABORTED", 10),
-    ("OUT_OF_RANGE", 11),
-    ("UNIMPLEMENTED", 12),
-    ("INTERNAL", 13),
-    ("UNAVAILABLE", 14),
-    ("DATA_LOSS", 15),
-    ("UNAUTHENTICATED", 16),
-];
 
 /// Converts one VirtualService; `None` when it does not apply to this workload (bound only
 /// to gateways: skipped with a warning) or is invalid (errors recorded).
@@ -341,50 +320,4 @@ fn request_match(
         return Some(None);
     }
     Some(Some(out))
-}
-
-pub(crate) fn destination(
-    cx: &mut Ctx<'_>,
-    at: &str,
-    d: &Option<wire::Destination>,
-) -> Option<BackendRef> {
-    let Some(d) = d else {
-        cx.p.error(at, "destination is required");
-        return None;
-    };
-    let Some(host) = d.host.as_deref().filter(|h| !h.is_empty()) else {
-        cx.p.error(sub(at, "host"), "host is required");
-        return None;
-    };
-    if host.contains('*') {
-        cx.p.error(sub(at, "host"), "a destination host cannot be a wildcard");
-        return None;
-    }
-    let port = match d.port.as_ref().and_then(|p| p.number) {
-        Some(n) => Some(port(&mut cx.p, &sub(at, "port.number"), n)?),
-        None => None,
-    };
-    if let Some(s) = &d.subset {
-        if !is_dns_label(s) {
-            cx.p.error(
-                sub(at, "subset"),
-                format!("{s:?} is not a valid subset name (a DNS label)"),
-            );
-            return None;
-        }
-    }
-    Some(BackendRef::new(
-        &cx.naming.expand(host, cx.ns),
-        port,
-        d.subset.as_deref(),
-    ))
-}
-
-pub(crate) fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
