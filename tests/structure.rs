@@ -16,24 +16,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-const CRATES: [&str; 5] = [
+const CRATES: [&str; 6] = [
     "src",
     "mesh-core/src",
     "mesh-hyper/src",
     "mesh-tonic/src",
     "mesh-cli/src",
+    "mesh-etcd/src",
 ];
 const MAX_LINES: usize = 600;
-
-/// Cycles that exist and are still to be broken (issue 18): the check fails on any cycle not
-/// listed here, and on a listed one that is gone (remove it from the list), so the list stays
-/// true while it shrinks.
-const KNOWN_CYCLES: [&str; 4] = [
-    "mesh-core/src: : balance -> discover -> … -> telemetry -> balance",
-    "mesh-core/src: : discover -> telemetry -> … -> balance -> discover",
-    "mesh-core/src: retry: attempts <-> future",
-    "mesh-core/src: tls: store <-> verify",
-];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -274,19 +265,7 @@ fn no_module_cycles() {
     }
     cycles.sort();
     cycles.dedup();
-    let new: Vec<_> = cycles
-        .iter()
-        .filter(|c| !KNOWN_CYCLES.contains(&c.as_str()))
-        .collect();
-    assert!(new.is_empty(), "module cycles: {new:#?}");
-    let gone: Vec<_> = KNOWN_CYCLES
-        .iter()
-        .filter(|k| !cycles.iter().any(|c| c == *k))
-        .collect();
-    assert!(
-        gone.is_empty(),
-        "broken cycles still listed in KNOWN_CYCLES: {gone:#?}"
-    );
+    assert!(cycles.is_empty(), "module cycles: {cycles:#?}");
 }
 
 #[test]

@@ -247,8 +247,8 @@ impl super::Registry for FileSource {
         FileSource::services(self)
     }
 
-    fn status(&self) -> crate::telemetry::ConfigSourceSnapshot {
-        crate::telemetry::ConfigSourceSnapshot {
+    fn status(&self) -> super::status::ConfigSourceSnapshot {
+        super::status::ConfigSourceSnapshot {
             digest: None,
             kind: "endpoints-file",
             path: self.path().display().to_string(),
@@ -258,7 +258,7 @@ impl super::Registry for FileSource {
             recent_errors: self
                 .recent_errors()
                 .into_iter()
-                .map(|(at, e)| crate::telemetry::ConfigError {
+                .map(|(at, e)| super::status::ConfigError {
                     at_unix_secs: at
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs()),

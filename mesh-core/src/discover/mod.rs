@@ -35,6 +35,7 @@ mod dns;
 mod file;
 pub mod health;
 mod registry;
+pub(crate) mod status;
 mod stream;
 
 use std::{fmt, path::PathBuf, sync::Arc};

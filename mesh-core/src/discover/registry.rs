@@ -4,7 +4,8 @@
 use std::{fmt, future::Future, pin::Pin};
 
 use super::EndpointSource;
-use crate::{ServiceName, telemetry::ConfigSourceSnapshot};
+use super::status::ConfigSourceSnapshot;
+use crate::ServiceName;
 
 /// A discovery source that knows which services it lists, so that a [`Mesh`](crate::Mesh)
 /// can send it every name it holds ([`MeshBuilder::registry`](crate::mesh::MeshBuilder::registry))

@@ -1,7 +1,7 @@
 //! The retry loop and its decisions: classify an attempt, retry or stop, and say why.
 
 use super::{
-    future::{Ctx, RetrySlot, call, mark_attempt, with_per_try_timeout},
+    ctx::{Ctx, RetrySlot, call, mark_attempt, with_per_try_timeout},
     *,
 };
 

@@ -69,6 +69,7 @@
 
 mod attempts;
 mod budget;
+mod ctx;
 mod future;
 mod latency;
 mod policy;

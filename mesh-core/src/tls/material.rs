@@ -12,6 +12,13 @@ use rustls::{
 use x509_parser::{extensions::GeneralName, prelude::FromDer};
 
 use super::{TlsError, TlsFiles};
+
+/// The material in force and the crypto provider: what the verifiers and the certificate
+/// resolvers read at each handshake (the store swaps `current` on rotation).
+pub(crate) struct Live {
+    pub(crate) current: arc_swap::ArcSwap<Material>,
+    pub(crate) provider: Arc<rustls::crypto::CryptoProvider>,
+}
 use crate::identity::SpiffeId;
 
 /// One validated generation of a workload's material.

@@ -10,12 +10,12 @@ use std::{
 
 use arc_swap::ArcSwap;
 use notify::RecommendedWatcher;
-use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion, crypto::CryptoProvider};
+use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
 
 use super::{HandshakeCounts, HandshakeFailure, SideCounts, TlsSide};
 use super::{
     TlsError, TlsFiles, TlsSettings, TlsStatus, TlsVersion,
-    material::{self, Material},
+    material::{self, Live},
     verify::{CurrentCert, RotatingClientVerifier, SpiffeServerVerifier},
 };
 use crate::identity::SpiffeId;
@@ -29,8 +29,8 @@ pub struct TlsStore {
 
 pub(crate) struct Inner {
     files: TlsFiles,
-    pub(crate) current: ArcSwap<Material>,
-    pub(crate) provider: Arc<CryptoProvider>,
+    /// What the verifiers read at each handshake.
+    live: Arc<Live>,
     versions: &'static [&'static SupportedProtocolVersion],
     last_error: Mutex<Option<TlsError>>,
     reloads: AtomicU64,
@@ -84,8 +84,10 @@ impl TlsStore {
         let store = Self {
             inner: Arc::new(Inner {
                 files,
-                current: ArcSwap::from_pointee(material),
-                provider,
+                live: Arc::new(Live {
+                    current: ArcSwap::from_pointee(material),
+                    provider,
+                }),
                 versions: match settings.min_version {
                     TlsVersion::Tls13 => TLS13_ONLY,
                     TlsVersion::Tls12 => TLS12_AND_13,
@@ -108,11 +110,11 @@ impl TlsStore {
     /// Re-reads the files now. On error the current material stays and the error is returned,
     /// logged, and kept in [`last_error`](Self::last_error).
     pub fn reload(&self) -> Result<(), TlsError> {
-        match material::load(&self.inner.files, &self.inner.provider) {
+        match material::load(&self.inner.files, &self.inner.live.provider) {
             Ok(m) => {
-                let old = self.inner.current.load().identity.clone();
+                let old = self.inner.live.current.load().identity.clone();
                 tracing::info!(identity = %m.identity, previous = %old, "TLS material rotated");
-                self.inner.current.store(Arc::new(m));
+                self.inner.live.current.store(Arc::new(m));
                 self.inner.reloads.fetch_add(1, Relaxed);
                 *self
                     .inner
@@ -141,7 +143,7 @@ impl TlsStore {
 
     /// This workload's SPIFFE ID.
     pub fn identity(&self) -> SpiffeId {
-        self.inner.current.load().identity.clone()
+        self.inner.live.current.load().identity.clone()
     }
 
     /// The error of the last reload, if it failed.
@@ -208,7 +210,7 @@ impl TlsStore {
 
     /// Identity, expiry and reload state.
     pub fn status(&self) -> TlsStatus {
-        let m = self.inner.current.load();
+        let m = self.inner.live.current.load();
         TlsStatus {
             identity: m.identity.clone(),
             not_after: m.not_after,
@@ -226,13 +228,13 @@ impl TlsStore {
         expected: Option<SpiffeId>,
         alpn: &[&[u8]],
     ) -> Result<Arc<ClientConfig>, TlsError> {
-        let verifier = Arc::new(SpiffeServerVerifier::new(self.inner.clone(), expected));
-        let mut config = ClientConfig::builder_with_provider(self.inner.provider.clone())
+        let verifier = Arc::new(SpiffeServerVerifier::new(self.inner.live.clone(), expected));
+        let mut config = ClientConfig::builder_with_provider(self.inner.live.provider.clone())
             .with_protocol_versions(self.inner.versions)
             .map_err(|e| TlsError::Rustls(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_cert_resolver(Arc::new(CurrentCert(self.inner.clone())));
+            .with_client_cert_resolver(Arc::new(CurrentCert(self.inner.live.clone())));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }
@@ -240,11 +242,11 @@ impl TlsStore {
     /// A server configuration presenting this workload's certificate and requiring a client
     /// certificate that chains to the bundle.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
-        let mut config = ServerConfig::builder_with_provider(self.inner.provider.clone())
+        let mut config = ServerConfig::builder_with_provider(self.inner.live.provider.clone())
             .with_protocol_versions(self.inner.versions)
             .map_err(|e| TlsError::Rustls(e.to_string()))?
-            .with_client_cert_verifier(Arc::new(RotatingClientVerifier(self.inner.clone())))
-            .with_cert_resolver(Arc::new(CurrentCert(self.inner.clone())));
+            .with_client_cert_verifier(Arc::new(RotatingClientVerifier(self.inner.live.clone())))
+            .with_cert_resolver(Arc::new(CurrentCert(self.inner.live.clone())));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }

@@ -16,7 +16,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 
-use super::{material::spiffe_id_of, store::Inner};
+use super::material::{Live, spiffe_id_of};
 use crate::identity::SpiffeId;
 
 /// The server proved a different identity than the one expected for the endpoint: the client
@@ -62,12 +62,12 @@ impl IdentityMismatch {
 
 /// Verifies servers: chain to the current bundle, then the SPIFFE ID.
 pub(crate) struct SpiffeServerVerifier {
-    store: Arc<Inner>,
+    store: Arc<Live>,
     expected: Option<SpiffeId>,
 }
 
 impl SpiffeServerVerifier {
-    pub(crate) fn new(store: Arc<Inner>, expected: Option<SpiffeId>) -> Self {
+    pub(crate) fn new(store: Arc<Live>, expected: Option<SpiffeId>) -> Self {
         Self { store, expected }
     }
 }
@@ -167,7 +167,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 }
 
 /// Verifies clients against the current bundle (webpki's verifier of the current material).
-pub(crate) struct RotatingClientVerifier(pub(crate) Arc<Inner>);
+pub(crate) struct RotatingClientVerifier(pub(crate) Arc<Live>);
 
 impl fmt::Debug for RotatingClientVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -239,7 +239,7 @@ impl ClientCertVerifier for RotatingClientVerifier {
 }
 
 /// Presents the current certificate (client and server side).
-pub(crate) struct CurrentCert(pub(crate) Arc<Inner>);
+pub(crate) struct CurrentCert(pub(crate) Arc<Live>);
 
 impl fmt::Debug for CurrentCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
