@@ -69,6 +69,30 @@ pub(crate) fn is_blank(text: &str) -> bool {
     })
 }
 
+/// Every YAML file of the repository (Istio's Bookinfo documents, the invalid-document corpus,
+/// test fixtures), with its text: what the readers' differential tests run on.
+#[cfg(test)]
+pub(crate) fn repository_yaml_files() -> Vec<(std::path::PathBuf, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut stack = vec![root.join("examples"), root.join("tests")];
+    let mut out = Vec::new();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                let text = std::fs::read_to_string(&p).expect("a readable repository file");
+                out.push((p, text));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,27 +106,14 @@ fn numbers_in_other_spellings_are_resolved_by_serde_saphyr() {
 /// corpus); Istio's samples must take the fast path.
 #[test]
 fn the_repository_yaml_files_agree() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut stack = vec![root.join("examples"), root.join("tests")];
     let mut fast = 0;
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-                let text = std::fs::read_to_string(&p).unwrap();
-                agrees(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-                let bookinfo = p.components().any(|c| c.as_os_str() == "bookinfo");
-                if bookinfo && !p.ends_with("bookinfo-gateway.yaml") {
-                    assert!(documents(&text).is_some(), "{} not read", p.display());
-                }
-                fast += usize::from(documents(&text).is_some());
-            }
+    for (p, text) in crate::yaml::repository_yaml_files() {
+        agrees(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let bookinfo = p.components().any(|c| c.as_os_str() == "bookinfo");
+        if bookinfo && !p.ends_with("bookinfo-gateway.yaml") {
+            assert!(documents(&text).is_some(), "{} not read", p.display());
         }
+        fast += usize::from(documents(&text).is_some());
     }
     assert!(fast >= 10, "{fast} files read");
 }
