@@ -99,14 +99,12 @@ fn minor_faults() -> u64 {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {
-            let fields = s
-                .rsplit(')')
+            s.rsplit(')')
                 .next()?
                 .split_whitespace()
                 .nth(7)?
                 .parse()
-                .ok()?;
-            Some(faults)
+                .ok()
         })
         .unwrap_or(0)
 }
