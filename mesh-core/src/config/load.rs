@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::yaml::node::Node;
+use crate::yaml::{fast, node::Node};
 
 use super::{
     ConfigError, Workload,
@@ -69,10 +69,6 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
     Ok(out)
 }
 
-/// Files of at least this many documents are converted on two threads (on a machine with
-/// two cores or more).
-const PARALLEL_DOCUMENTS: usize = 256;
-
 /// Converts the documents of one file's `text`, appending problems to `problems`.
 pub(crate) fn convert_text(
     file: &Path,
@@ -101,46 +97,87 @@ pub(crate) fn convert_text(
             "the file is empty (no content but whitespace and comments): a half-written file is never applied; remove it if it is meant to be empty".into(),
         );
     }
+    if streamed(file, text, workload, lenient, out) {
+        return;
+    }
     let values = match parse(file, text) {
         Ok(v) => v,
         Err(reason) => return fail(problems, reason),
     };
-    let mut docs: Vec<Node<'_>> = values.into_iter().flat_map(items).collect();
-    if docs.is_empty() {
-        return fail(problems, "the file holds no document".into());
-    }
-    // Many documents are converted on two threads, each half into its own lists, appended
-    // in document order.
-    let second = if docs.len() >= PARALLEL_DOCUMENTS && crate::yaml::two_cores() {
-        docs.split_off(docs.len() / 2)
-    } else {
-        Vec::new()
-    };
-    let first = docs.len();
-    let convert = |docs: Vec<Node<'_>>, from: usize, p: &mut Vec<ConfigError>, o: &mut Vec<Doc>| {
-        for (i, item) in docs.into_iter().enumerate() {
-            document(file, from + i + 1, item, workload, lenient, p, o);
+    let mut index = 0usize;
+    for v in values {
+        for item in items(v) {
+            index += 1;
+            document(file, index, item, workload, lenient, problems, out);
         }
-    };
-    let rest = std::thread::scope(|s| {
-        let other = (!second.is_empty()).then(|| {
-            s.spawn(|| {
-                let (mut p, mut o) = (Vec::new(), Vec::new());
-                convert(second, first, &mut p, &mut o);
-                (p, o)
-            })
+    }
+    if index == 0 {
+        fail(problems, "the file holds no document".into());
+    }
+}
+
+/// The fast path of [`convert_text`]: each document read by [`fast`] is converted as soon as
+/// it is read and its tree dropped (the trees of a whole large file are most of what a
+/// reload allocates); a large file is read and converted in two halves on two threads.
+/// Taken only when the whole file is in the subset and converts without any problem to
+/// report: otherwise (`false`, nothing appended) the file is converted again on the exact
+/// path, whose errors and warnings number the documents and quote serde-saphyr.
+fn streamed(
+    file: &Path,
+    text: &str,
+    workload: &Workload,
+    lenient: bool,
+    out: &mut Vec<Doc>,
+) -> bool {
+    let json = file.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+    if json {
+        return false;
+    }
+    let run = |part: &str| {
+        let (mut problems, mut docs, mut index) = (Vec::new(), Vec::new(), 0usize);
+        let read = fast::for_each_document(part, |node| {
+            for item in items(node) {
+                index += 1;
+                document(
+                    file,
+                    index,
+                    item,
+                    workload,
+                    lenient,
+                    &mut problems,
+                    &mut docs,
+                );
+            }
         });
-        convert(docs, 0, problems, out);
-        other.map(|h| h.join())
-    });
-    match rest {
-        Some(Ok((p, o))) => {
-            problems.extend(p);
-            out.extend(o);
-        }
-        Some(Err(panic)) => std::panic::resume_unwind(panic),
-        None => {}
+        read.filter(|_| problems.is_empty())
+            .map(|(n, nodes)| (docs, index, n, nodes))
+    };
+    let (first, second) = match fast::halves(text).filter(|_| crate::yaml::two_cores()) {
+        Some((a, b)) => std::thread::scope(|s| {
+            let other = s.spawn(|| run(b));
+            let first = run(a);
+            match other.join() {
+                Ok(second) => (first, Some(second)),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }),
+        None => (run(text), None),
+    };
+    let Some((mut docs, mut items, mut n, mut nodes)) = first else {
+        return false;
+    };
+    if let Some(second) = second {
+        let Some((more, i, m, k)) = second else {
+            return false;
+        };
+        docs.extend(more);
+        (items, n, nodes) = (items + i, n + m, nodes + k);
     }
+    if items == 0 || n > crate::yaml::MAX_DOCUMENTS || nodes > crate::yaml::MAX_NODES {
+        return false;
+    }
+    out.extend(docs);
+    true
 }
 
 /// The documents of one parsed value: a `List`'s items (`kubectl get -o yaml` writes one),
@@ -185,7 +222,7 @@ fn parse<'t>(file: &Path, text: &'t str) -> Result<Vec<Node<'t>>, String> {
     }
     // The common subset first (about ten times faster); anything else, and every error, is
     // serde-saphyr's to read and report.
-    if let Some(docs) = crate::yaml::fast::documents_in_parallel(text) {
+    if let Some(docs) = fast::documents(text) {
         return Ok(docs);
     }
     serde_saphyr::from_multiple_with_options::<Value>(text, crate::yaml::options())

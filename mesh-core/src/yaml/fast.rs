@@ -48,46 +48,42 @@ struct Line<'a> {
 /// The documents of `text` (empty ones left out, as serde-saphyr's multi-document reader
 /// leaves them out), or `None` when serde-saphyr must read it.
 pub(crate) fn documents(text: &str) -> Option<Vec<Node<'_>>> {
-    read_documents(text).ok().map(|(docs, _)| docs)
-}
-
-/// Texts at least this long are read in two halves on two threads, on a machine with two
-/// cores or more (a full reload of 2,000 documents is 670 KB).
-pub(crate) const PARALLEL_BYTES: usize = 256 * 1024;
-
-/// [`documents`], on two threads for a text of [`PARALLEL_BYTES`] or more: the halves are
-/// cut at a `---` line (always a document boundary in YAML) and read at once; the budget
-/// applies to the whole.
-pub(crate) fn documents_in_parallel(text: &str) -> Option<Vec<Node<'_>>> {
-    if text.len() < PARALLEL_BYTES || !super::two_cores() {
-        return documents(text);
-    }
-    let half = text.len() / 2;
-    let Some(at) = text.as_bytes()[half..]
-        .windows(5)
-        .position(|w| w == b"\n---\n")
-    else {
-        return documents(text);
-    };
-    let (first, second) = text.split_at(half + at + 1);
-    let (a, b) = std::thread::scope(|s| {
-        let other = s.spawn(|| read_documents(second));
-        (read_documents(first), other.join())
-    });
-    let ((mut docs, n), Ok(Ok((more, m)))) = (a.ok()?, b) else {
-        return None;
-    };
-    if docs.len() + more.len() > MAX_DOCUMENTS || n + m > MAX_NODES {
-        return None;
-    }
-    docs.extend(more);
+    let mut docs = Vec::new();
+    read_documents(text, &mut |d| docs.push(d)).ok()?;
     Some(docs)
 }
 
-/// The documents and the number of nodes read.
-fn read_documents(text: &str) -> Read<(Vec<Node<'_>>, usize)> {
+/// Reads `text` and hands each document to `each` as soon as it is read, so that only one
+/// document's tree is alive at a time; returns the documents and nodes read, or `None` when
+/// the text leaves the subset — `each` may then have seen the documents before that point.
+pub(crate) fn for_each_document<'t>(
+    text: &'t str,
+    mut each: impl FnMut(Node<'t>),
+) -> Option<(usize, usize)> {
+    read_documents(text, &mut each).ok()
+}
+
+/// Where a text of at least [`PARALLEL_BYTES`] can be cut in two at a document boundary (a
+/// `---` line, always one in YAML) near its middle.
+pub(crate) fn halves(text: &str) -> Option<(&str, &str)> {
+    if text.len() < PARALLEL_BYTES {
+        return None;
+    }
+    let half = text.len() / 2;
+    let at = text.as_bytes()[half..]
+        .windows(5)
+        .position(|w| w == b"\n---\n")?;
+    Some(text.split_at(half + at + 1))
+}
+
+/// Texts at least this long are read and converted in two halves on two threads, on a
+/// machine with two cores or more (a full reload of 2,000 documents is 670 KB).
+pub(crate) const PARALLEL_BYTES: usize = 256 * 1024;
+
+/// Reads the documents of `text` into `each`; the number of documents and nodes read.
+fn read_documents<'t>(text: &'t str, each: &mut dyn FnMut(Node<'t>)) -> Read<(usize, usize)> {
     check_characters(text)?;
-    let mut docs = Vec::new();
+    let mut docs = 0;
     let mut lines: Vec<Line<'_>> = Vec::new();
     let mut nodes = 0;
     for raw in text.split('\n') {
@@ -100,7 +96,7 @@ fn read_documents(text: &str) -> Read<(Vec<Node<'_>>, usize)> {
             if let Some(after) = content.strip_prefix("---") {
                 let after = after.trim_start_matches(' ');
                 if after.is_empty() || (after.starts_with('#') && content.len() > 3 + after.len()) {
-                    finish(&mut lines, &mut docs, &mut nodes)?;
+                    finish(&mut lines, each, &mut docs, &mut nodes)?;
                     continue;
                 }
                 return Err(Skip);
@@ -114,12 +110,17 @@ fn read_documents(text: &str) -> Read<(Vec<Node<'_>>, usize)> {
             text: content,
         });
     }
-    finish(&mut lines, &mut docs, &mut nodes)?;
+    finish(&mut lines, each, &mut docs, &mut nodes)?;
     Ok((docs, nodes))
 }
 
 /// Reads the lines of one document (if any) and starts the next.
-fn finish<'a>(lines: &mut Vec<Line<'a>>, docs: &mut Vec<Node<'a>>, nodes: &mut usize) -> Read<()> {
+fn finish<'a>(
+    lines: &mut Vec<Line<'a>>,
+    each: &mut dyn FnMut(Node<'a>),
+    docs: &mut usize,
+    nodes: &mut usize,
+) -> Read<()> {
     if lines.is_empty() {
         return Ok(());
     }
@@ -136,10 +137,11 @@ fn finish<'a>(lines: &mut Vec<Line<'a>>, docs: &mut Vec<Node<'a>>, nodes: &mut u
     *nodes = p.nodes;
     *lines = p.lines;
     lines.clear();
-    docs.push(value);
-    if docs.len() > MAX_DOCUMENTS {
+    *docs += 1;
+    if *docs > MAX_DOCUMENTS {
         return Err(Skip);
     }
+    each(value);
     Ok(())
 }
 

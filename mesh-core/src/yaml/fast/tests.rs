@@ -461,13 +461,23 @@ fn generated_plain_documents_take_the_fast_path() {
 }
 
 #[test]
-fn a_large_text_read_in_two_halves_reads_as_one() {
+fn a_large_text_read_document_by_document_or_in_halves_reads_as_one() {
     let doc = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a}\nspec:\n  host: a\n  subsets:\n  - {name: v1, labels: {version: v1}}\n---\n";
     let text = doc.repeat(super::PARALLEL_BYTES / doc.len() + 10);
     let whole = super::documents(&text).unwrap();
-    assert_eq!(super::documents_in_parallel(&text).unwrap(), whole);
-    // The second half outside the subset: the whole text is serde-saphyr's.
-    let mut odd = text.clone();
+    let mut streamed = Vec::new();
+    let (n, _) = super::for_each_document(&text, |d| streamed.push(d)).unwrap();
+    assert_eq!((n, &streamed), (whole.len(), &whole));
+    let (a, b) = super::halves(&text).unwrap();
+    assert!(b.starts_with("---\n"));
+    let mut halves = super::documents(a).unwrap();
+    halves.extend(super::documents(b).unwrap());
+    assert_eq!(halves, whole);
+    // Outside the subset half-way: the documents before it were handed over, then `None`.
+    let mut odd = doc.repeat(3);
     odd.push_str("kind: X\nspec: &a {b: 1}\n");
-    assert!(super::documents_in_parallel(&odd).is_none());
+    let mut seen = 0;
+    assert!(super::for_each_document(&odd, |_| seen += 1).is_none());
+    assert_eq!(seen, 3);
+    assert!(super::halves("a: 1\n").is_none());
 }
